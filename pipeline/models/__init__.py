@@ -1,0 +1,24 @@
+"""3D models for brain volumes: plain CNN, octahedral group CNN, SO(3)-steerable CNN, relaxed group
+CNN.
+
+Use :func:`build_model`; training lives in :mod:`pipeline.models.training`.
+"""
+
+from pipeline.models._layers import (
+    BlurPool3d,
+    centred_size,
+    is_centred_size,
+    n_parameters,
+    pad_to_centred,
+)
+from pipeline.models._registry import MODEL_NAMES, build_model
+
+__all__ = [
+    "MODEL_NAMES",
+    "BlurPool3d",
+    "build_model",
+    "centred_size",
+    "is_centred_size",
+    "n_parameters",
+    "pad_to_centred",
+]

@@ -1,0 +1,66 @@
+"""``build_model(name, in_channels, num_outputs, **hparams)``: the one constructor of every
+model."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from pipeline.errors import ConfigError
+
+__all__ = ["MODEL_NAMES", "build_model"]
+
+MODEL_NAMES = ("cnn", "octahedral", "steerable", "relaxed")
+
+
+def _classes() -> dict[str, type[nn.Module]]:
+    from pipeline.models.cnn import CNN3d
+    from pipeline.models.octahedral import OctahedralCNN, RelaxedOctahedralCNN
+    from pipeline.models.steerable import SteerableCNN
+
+    return {
+        "cnn": CNN3d,
+        "octahedral": OctahedralCNN,
+        "steerable": SteerableCNN,
+        "relaxed": RelaxedOctahedralCNN,
+    }
+
+
+def build_model(name: str, in_channels: int, num_outputs: int, **hparams: Any) -> nn.Module:
+    """Build a model mapping ``(B, in_channels, X, Y, Z)`` to ``(B, num_outputs)``.
+
+    Parameters
+    ----------
+    name : {"cnn", "octahedral", "steerable", "relaxed"}
+        ``cnn``: plain 3D CNN; ``octahedral``: group CNN over the 24 cube rotations;
+        ``steerable``: SO(3)-steerable CNN (e3nn); ``relaxed``: relaxed octahedral group CNN.
+    in_channels, num_outputs : int
+        Input channels and outputs (logits or regression targets).
+    **hparams
+        Passed to the model class (``widths``, ``steps``, ``lmax``, ``diameter``, ``banks``,
+        ``penalty`` …); see each class.
+
+    Returns
+    -------
+    torch.nn.Module
+        With attributes ``name`` and ``hparams`` (enough to rebuild it from a checkpoint) and
+        ``levels`` (number of stride-2 stages; inputs of side ``N ≡ 1 mod 2**levels`` keep the
+        stride lattice centred, see :mod:`pipeline.models._layers`).
+
+    Examples
+    --------
+    >>> model = build_model("octahedral", 1, 2)
+    >>> model(torch.zeros(1, 1, 17, 17, 17)).shape
+    torch.Size([1, 2])
+    """
+    classes = _classes()
+    if name not in classes:
+        raise ConfigError(f"model name must be one of {', '.join(MODEL_NAMES)}; got {name!r}")
+    try:
+        model = classes[name](in_channels, num_outputs, **hparams)
+    except TypeError as exc:
+        raise ConfigError(f"invalid hyperparameters for model {name!r}: {exc}") from exc
+    model.name = name
+    model.hparams = {"in_channels": in_channels, "num_outputs": num_outputs, **hparams}
+    return model
