@@ -1,0 +1,19 @@
+# symprep: the cross-subject DAG. Rules live in workflows/*.smk; library code in pipeline/.
+# Run: snakemake --configfile configs/demo.yaml --cores all   (or: make demo)
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "configs/config.yaml"
+
+
+include: "workflows/common.smk"
+include: "workflows/participant.smk"
+include: "workflows/group.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        group_targets(),

@@ -1,0 +1,1 @@
+"""symprep.data."""

@@ -1,0 +1,644 @@
+"""Synthetic multi-site BIDS dataset with known ground truth, built from MNI152NLin2009aSym.
+
+No network is reachable at run time, so the demo input is generated from the template that
+nilearn ships. Every nuisance that symprep removes is planted with a recorded value:
+
+* **anatomy** — a smooth random diffeomorphism :math:`\\varphi = \\exp(v)` of the template
+  (stationary velocity field :math:`v` on a coarse grid, integrated by scaling and squaring);
+* **diagnosis** — a local atrophy in a fixed template region (grey matter turned CSF-like with a
+  Gaussian profile), for ``diagnosis == "ASD"`` subjects only; it lives in template space and so
+  does not depend on the pose;
+* **pose** — a rotation :math:`R` drawn uniformly from SO(3) plus a translation :math:`t`, about
+  the template's brain centre :math:`c`: a template point :math:`x` lies at scanner point
+  :math:`p = R(x - c) + c + t`;
+* **storage** — per site the voxel axes are stored RAS, LPS or permuted (sagittal slices), with the
+  world (scanner) coordinates unchanged;
+* **gauge** — per site a gain, a monotone contrast change :math:`I \\mapsto g\\,m\\,(I/m)^{\\gamma}`,
+  a smooth multiplicative bias field (exponential of a quadratic polynomial in scanner
+  coordinates), Rician noise, voxel size and field of view;
+* **BOLD** — resting-state signals with a planted network (ground-truth correlation matrix between
+  spherical regions), head motion (rigid parameters per volume, about the scanner origin), slice
+  timing (interleaved), drift, two non-steady-state volumes.
+
+The sampled image is ``value(p) = template'(phi(P^{-1}(p)))`` with one interpolation. Ground truth
+goes to ``sourcedata/groundtruth/`` (allowed by BIDS): ``participants`` parameters as JSON,
+per-volume motion as TSV, the velocity fields, the un-posed T1w in template space, and the true
+network.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+from nibabel import orientations as ornt
+from scipy import ndimage
+from scipy.spatial.transform import Rotation
+from tqdm.auto import tqdm
+
+from pipeline import __version__
+from pipeline.data.templates import Template, load_template
+from pipeline.io import save_image, write_json, write_text
+
+logger = logging.getLogger(__name__)
+
+#: storage orientations cycled over sites (axis codes of the stored voxel array)
+SITE_ORIENTATIONS: tuple[tuple[str, str, str], ...] = (("R", "A", "S"), ("L", "P", "S"), ("A", "S", "R"))
+#: planted atrophy: centre (MNI mm, left medial temporal lobe), Gaussian sigma (mm), strength
+DIAGNOSIS_CENTRE_MM = (-26.0, -22.0, -14.0)
+DIAGNOSIS_SIGMA_MM = 7.0
+DIAGNOSIS_STRENGTH = 0.6
+#: planted resting-state network: regions (MNI mm) and their network membership
+NETWORK_REGIONS = pd.DataFrame(
+    {
+        "region": ["PCC", "mPFC", "lAG", "rAG", "lMotor", "rMotor"],
+        "x": [0.0, 0.0, -46.0, 46.0, -38.0, 38.0],
+        "y": [-54.0, 50.0, -66.0, -66.0, -22.0, -22.0],
+        "z": [28.0, 4.0, 32.0, 32.0, 56.0, 56.0],
+        "network": ["DMN", "DMN", "DMN", "DMN", "SMN", "SMN"],
+    }
+)
+REGION_RADIUS_MM = 8.0
+TISSUE_T2STAR = {"gm": 800.0, "wm": 640.0, "csf": 1000.0}
+DUMMY_SCANS = 2
+
+
+@dataclass(frozen=True)
+class DemoSpec:
+    """What to generate. The defaults are the demo of ``make demo``.
+
+    Parameters
+    ----------
+    sites, subjects_per_site : int
+        Number of sites and subjects per site.
+    seed : int
+        Seed of everything random (same seed, same bytes).
+    resolution : float
+        Base T1w voxel size in mm; sites scale it by up to 20 % (one site anisotropic).
+    bold_resolution : float
+        Base BOLD voxel size in mm.
+    n_volumes : int
+        BOLD volumes per run (including the non-steady-state ones).
+    repetition_time : float
+        BOLD TR in seconds.
+    max_translation_mm : float
+        Translations are uniform in ``[-max, max]`` per axis.
+    warp_amplitude_mm : float
+        Typical size of the anatomical displacements.
+    """
+
+    sites: int = 3
+    subjects_per_site: int = 4
+    seed: int = 0
+    resolution: float = 2.0
+    bold_resolution: float = 4.0
+    n_volumes: int = 60
+    repetition_time: float = 2.0
+    max_translation_mm: float = 15.0
+    warp_amplitude_mm: float = 3.0
+    site_names: tuple[str, ...] = field(default=())
+
+    def site_label(self, index: int) -> str:
+        """BIDS-safe site label: ``siteA``, ``siteB``, …"""
+        if self.site_names:
+            return self.site_names[index]
+        return "site" + "".join(chr(ord("A") + d) for d in _digits(index))
+
+
+def _digits(index: int) -> list[int]:
+    out = [index % 26]
+    while index >= 26:
+        index = index // 26 - 1
+        out.insert(0, index % 26)
+    return out
+
+
+# --------------------------------------------------------------------------- geometry
+
+
+def pose_matrix(rotation: np.ndarray, translation: np.ndarray, centre: np.ndarray) -> np.ndarray:
+    """4×4 RAS matrix mapping template points to scanner points: :math:`p = R(x-c)+c+t`."""
+    mat = np.eye(4)
+    mat[:3, :3] = rotation
+    mat[:3, 3] = centre + translation - rotation @ centre
+    return mat
+
+
+def stored_grid(fov_mm: np.ndarray, voxel_mm: np.ndarray, axcodes: tuple[str, str, str]) -> tuple[tuple[int, ...], np.ndarray]:
+    """Shape and affine of a grid centred on the scanner origin, stored with axis codes ``axcodes``.
+
+    The RAS grid has ``voxel_mm`` along R, A, S; storing it as ``axcodes`` permutes/flips the voxel
+    axes but keeps every voxel's world position.
+    """
+    shape_ras = np.maximum(np.round(fov_mm / voxel_mm).astype(int), 2)
+    affine_ras = np.diag([*voxel_mm, 1.0])
+    affine_ras[:3, 3] = -(shape_ras - 1) / 2.0 * voxel_mm
+    transform = ornt.ornt_transform(ornt.axcodes2ornt(("R", "A", "S")), ornt.axcodes2ornt(axcodes))
+    affine = affine_ras @ ornt.inv_ornt_aff(transform, tuple(shape_ras))
+    # the stored shape: axis j of the stored array is RAS axis k where transform[k, 0] == j
+    shape = [0, 0, 0]
+    for k, (j, _) in enumerate(transform):
+        shape[int(j)] = int(shape_ras[k])
+    return tuple(shape), affine
+
+
+def voxel_world_coords(shape: tuple[int, ...], affine: np.ndarray) -> np.ndarray:
+    """World (RAS mm) coordinates of every voxel, shape ``(3, *shape)``."""
+    ijk = np.indices(shape, dtype=np.float64).reshape(3, -1)
+    xyz = affine[:3, :3] @ ijk + affine[:3, 3:4]
+    return xyz.reshape(3, *shape)
+
+
+# --------------------------------------------------------------------------- anatomy
+
+
+def velocity_field(rng: np.random.Generator, template: Template, amplitude_mm: float, spacing_mm: float = 16.0) -> nib.Nifti1Image:
+    """A random stationary velocity field on a coarse grid covering the template (mm, RAS)."""
+    shape_t = np.array(template.t1w.shape)
+    zooms = np.array(template.t1w.header.get_zooms()[:3])
+    coarse_shape = tuple(int(n) for n in np.ceil(shape_t * zooms / spacing_mm).astype(int) + 1)
+    vel = rng.normal(0.0, amplitude_mm, size=(*coarse_shape, 3))
+    vel = ndimage.gaussian_filter(vel, sigma=(0.7, 0.7, 0.7, 0)) * 2.0
+    affine = template.t1w.affine.copy()
+    affine[:3, :3] = affine[:3, :3] @ np.diag(spacing_mm / zooms)
+    return nib.Nifti1Image(vel.astype(np.float32), affine)
+
+
+def trilinear(volumes: np.ndarray, vox: np.ndarray, fill: float = 0.0) -> np.ndarray:
+    """Trilinear interpolation of ``volumes`` (C, X, Y, Z) at voxel coordinates ``vox`` (3, ...).
+
+    Uses :func:`torch.nn.functional.grid_sample` (multi-channel, multi-threaded), in the dtype of
+    ``volumes``. Points outside the grid get ``fill`` (``"border"``: the nearest edge value).
+    Returns an array of shape ``(C, *vox.shape[1:])``.
+    """
+    import torch
+
+    vols = torch.from_numpy(np.ascontiguousarray(volumes))
+    size = torch.tensor(volumes.shape[1:][::-1], dtype=vols.dtype)
+    pts = torch.from_numpy(np.ascontiguousarray(vox.reshape(3, -1)[::-1].T)).to(vols.dtype)
+    grid = (2.0 * pts / (size - 1) - 1.0).reshape(1, 1, 1, -1, 3)
+    padding = "border" if fill == "border" else "zeros"
+    out = torch.nn.functional.grid_sample(vols[None], grid, mode="bilinear", padding_mode=padding,
+                                          align_corners=True)[0, :, 0, 0]
+    return out.numpy().reshape(volumes.shape[0], *vox.shape[1:])
+
+
+def world_to_voxel(points_mm: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """Voxel coordinates (3, ...) of world points (3, ...) for a grid with ``affine``."""
+    inv = np.linalg.inv(affine)
+    flat = points_mm.reshape(3, -1)
+    return (inv[:3, :3] @ flat + inv[:3, 3:4]).reshape(points_mm.shape)
+
+
+@dataclass(frozen=True)
+class Displacement:
+    """A displacement field ``u`` (mm, shape (3, X, Y, Z)) on a grid with ``affine``: :math:`\\varphi(x) = x + u(x)`."""
+
+    field: np.ndarray
+    affine: np.ndarray
+
+
+def coarse_grid(image: nib.Nifti1Image, factor: int = 2) -> nib.Nifti1Image:
+    """An empty image covering ``image``'s field of view with voxels ``factor`` times larger."""
+    shape = tuple(int(np.ceil(n / factor)) for n in image.shape[:3])
+    affine = image.affine.copy()
+    affine[:3, :3] = affine[:3, :3] * factor
+    return nib.Nifti1Image(np.zeros(shape, dtype=np.uint8), affine)
+
+
+def displacement_from_velocity(velocity: nib.Nifti1Image, grid: nib.Nifti1Image, sign: float = 1.0, steps: int = 6) -> Displacement:
+    """Displacement field of :math:`\\exp(\\pm v)` on ``grid`` (mm).
+
+    The velocity is interpolated trilinearly onto the grid and integrated by scaling and squaring:
+    :math:`u \\leftarrow u + u\\circ(\\mathrm{id}+u)`, ``steps`` times, from :math:`v/2^{steps}`.
+    """
+    shape = grid.shape[:3]
+    world = voxel_world_coords(shape, grid.affine)
+    vel = np.moveaxis(np.asarray(velocity.dataobj, dtype=np.float64), -1, 0)
+    u = trilinear(vel, world_to_voxel(world, velocity.affine), fill="border")
+    u = sign * u / 2.0**steps
+    for _ in range(steps):
+        u = u + trilinear(u, world_to_voxel(world + u, grid.affine), fill="border")
+    return Displacement(u, grid.affine.copy())
+
+
+def warp_points(points_mm: np.ndarray, displacement: Displacement) -> np.ndarray:
+    """Apply :math:`\\varphi(x) = x + u(x)` to points (3, ...)."""
+    disp = trilinear(displacement.field, world_to_voxel(points_mm, displacement.affine), fill="border")
+    return points_mm + disp
+
+
+def planted_atrophy(template: Template) -> np.ndarray:
+    """Weight map (template grid) of the planted diagnosis effect: Gaussian × grey matter."""
+    world = voxel_world_coords(template.t1w.shape, template.t1w.affine)
+    r2 = sum((world[k] - DIAGNOSIS_CENTRE_MM[k]) ** 2 for k in range(3))
+    return np.exp(-r2 / (2 * DIAGNOSIS_SIGMA_MM**2)) * template.gm.get_fdata()
+
+
+def subject_template_t1w(template: Template, diagnosis: str) -> np.ndarray:
+    """The template T1w with the diagnosis effect planted (GM → CSF-like intensity)."""
+    t1 = template.t1w.get_fdata()
+    if diagnosis != "ASD":
+        return t1
+    csf_level = np.percentile(t1[template.csf.get_fdata() > 0.5], 25)
+    return t1 + DIAGNOSIS_STRENGTH * planted_atrophy(template) * (csf_level - t1)
+
+
+def sample_in_template(images: np.ndarray, template: Template, points_mm: np.ndarray, displacement: Displacement) -> np.ndarray:
+    """Sample template-grid ``images`` (C, X, Y, Z) at :math:`\\varphi(x) = x + u(x)` for points ``x`` (3, ...)."""
+    warped = warp_points(points_mm, displacement)
+    return trilinear(images, world_to_voxel(warped, template.t1w.affine))
+
+
+# --------------------------------------------------------------------------- gauges
+
+
+def site_gauges(spec: DemoSpec, rng: np.random.Generator) -> list[dict[str, Any]]:
+    """Per-site scanner gauge: gain, contrast exponent, bias coefficients, noise, voxel size, FOV."""
+    gauges = []
+    for s in range(spec.sites):
+        scale = 1.0 + 0.1 * (s % 3)
+        voxel = np.full(3, spec.resolution * scale)
+        if s % 3 == 2:  # one anisotropic site: thicker slices
+            voxel[2] *= 1.2
+        gauges.append(
+            {
+                "site": spec.site_label(s),
+                "orientation": "".join(SITE_ORIENTATIONS[s % len(SITE_ORIENTATIONS)]),
+                "gain": float(rng.uniform(0.6, 1.8)),
+                "gamma": float(rng.uniform(0.7, 1.4)),
+                "bias_coefficients": rng.normal(0.0, 0.12, size=9).round(4).tolist(),
+                "noise_fraction": float(rng.uniform(0.01, 0.03)),
+                "t1w_voxel_mm": voxel.round(3).tolist(),
+                "t1w_fov_mm": [float(rng.uniform(236, 256))] * 3,
+                "bold_voxel_mm": [spec.bold_resolution * (1.0 + 0.05 * (s % 2))] * 3,
+                "bold_fov_mm": [float(rng.uniform(236, 250))] * 2 + [220.0],
+                "bold_gain": float(rng.uniform(0.5, 2.0)),
+                "manufacturer": ["Siemens", "GE", "Philips"][s % 3],
+            }
+        )
+    return gauges
+
+
+def bias_field(world_mm: np.ndarray, coefficients: list[float]) -> np.ndarray:
+    """Smooth multiplicative bias: :math:`\\exp(\\sum_k c_k\\,q_k(p/100\\,\\mathrm{mm}))`, quadratic :math:`q_k`."""
+    x, y, z = (world_mm[k] / 100.0 for k in range(3))
+    basis = (x, y, z, x * x, y * y, z * z, x * y, x * z, y * z)
+    return np.exp(sum(c * b for c, b in zip(coefficients, basis, strict=True)))
+
+
+def apply_gauge(intensity: np.ndarray, gauge: dict[str, Any], reference_max: float) -> np.ndarray:
+    """Monotone gauge map :math:`I \\mapsto g\\,m\\,(I/m)^{\\gamma}` (no bias, no noise)."""
+    scaled = np.clip(intensity, 0.0, None) / reference_max
+    return gauge["gain"] * reference_max * scaled ** gauge["gamma"]
+
+
+def rician(signal: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarray:
+    """Magnitude of a complex signal with Gaussian noise of standard deviation ``sigma`` per channel."""
+    real = signal + rng.normal(0.0, sigma, size=signal.shape)
+    imag = rng.normal(0.0, sigma, size=signal.shape)
+    return np.sqrt(real**2 + imag**2)
+
+
+# --------------------------------------------------------------------------- BOLD
+
+
+def network_correlation() -> np.ndarray:
+    """Ground-truth correlation between the planted regions (0.6 within a network, 0 across)."""
+    nets = NETWORK_REGIONS["network"].to_numpy()
+    corr = np.where(nets[:, None] == nets[None, :], 0.6, 0.0)
+    np.fill_diagonal(corr, 1.0)
+    return corr
+
+
+def network_signals(rng: np.random.Generator, times: np.ndarray, tr: float) -> np.ndarray:
+    """Band-limited (0.01–0.1 Hz) region signals with the planted correlation, sampled at ``times``.
+
+    Signals are made on a fine grid (0.1 s), filtered identically (so the correlation structure is
+    kept) and interpolated at arbitrary acquisition times (slice timing).
+    """
+    dt = 0.1
+    fine = np.arange(-20.0, times.max() + 20.0, dt)
+    chol = np.linalg.cholesky(network_correlation())
+    white = rng.normal(size=(fine.size, chol.shape[0])) @ chol.T
+    freqs = np.fft.rfftfreq(fine.size, dt)
+    band = (freqs >= 0.01) & (freqs <= 0.1)
+    spectrum = np.fft.rfft(white, axis=0) * band[:, None]
+    fine_signals = np.fft.irfft(spectrum, n=fine.size, axis=0)
+    fine_signals /= fine_signals.std(axis=0, keepdims=True)
+    return np.stack([np.interp(times, fine, fine_signals[:, k]) for k in range(chol.shape[0])], axis=-1)
+
+
+def motion_parameters(rng: np.random.Generator, n_volumes: int) -> pd.DataFrame:
+    """Rigid head motion per volume: smooth random walk plus two small jerks; volume 0 is the origin.
+
+    Columns follow fMRIPrep: ``trans_x/y/z`` (mm), ``rot_x/y/z`` (rad), rotations about the scanner
+    origin, applied as :math:`p \\mapsto R_t p + t_t` to the head at volume 0.
+    """
+    steps = rng.normal(0.0, 1.0, size=(n_volumes, 6)) * np.array([0.05, 0.05, 0.08, 0.0008, 0.0008, 0.0006])
+    steps[0] = 0.0
+    for jerk in rng.choice(np.arange(n_volumes // 3, n_volumes), size=2, replace=False):
+        steps[jerk] += rng.normal(0.0, 1.0, size=6) * np.array([0.4, 0.4, 0.6, 0.006, 0.006, 0.004])
+    params = np.cumsum(steps, axis=0)
+    return pd.DataFrame(params, columns=["trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z"])
+
+
+def motion_matrix(row: pd.Series) -> np.ndarray:
+    """4×4 RAS matrix of one volume's motion (rotation ``xyz`` Euler angles, then translation)."""
+    mat = np.eye(4)
+    mat[:3, :3] = Rotation.from_euler("xyz", [row.rot_x, row.rot_y, row.rot_z]).as_matrix()
+    mat[:3, 3] = [row.trans_x, row.trans_y, row.trans_z]
+    return mat
+
+
+def interleaved_slice_timing(n_slices: int, tr: float) -> list[float]:
+    """Interleaved ascending slice acquisition times (odd slices first), in seconds."""
+    order = list(range(0, n_slices, 2)) + list(range(1, n_slices, 2))
+    times = np.empty(n_slices)
+    times[order] = np.arange(n_slices) * tr / n_slices
+    return times.round(4).tolist()
+
+
+# --------------------------------------------------------------------------- subject
+
+
+@dataclass
+class SubjectTruth:
+    """Ground truth of one generated subject (what the pipeline should recover)."""
+
+    participant_id: str
+    site: str
+    age: float
+    sex: str
+    diagnosis: str
+    rotation: np.ndarray
+    translation: np.ndarray
+    centre: np.ndarray
+    seed: int
+
+    @property
+    def template_to_scanner(self) -> np.ndarray:
+        """4×4 RAS matrix mapping template-space points to scanner points (the head pose)."""
+        return pose_matrix(self.rotation, self.translation, self.centre)
+
+    def as_json(self) -> dict[str, Any]:
+        """JSON-friendly record."""
+        return {
+            "participant_id": self.participant_id,
+            "site": self.site,
+            "age": self.age,
+            "sex": self.sex,
+            "diagnosis": self.diagnosis,
+            "seed": self.seed,
+            "pose": {
+                "convention": "RAS mm; template point x lies at scanner point p = R (x - c) + c + t",
+                "rotation_matrix": self.rotation.round(10).tolist(),
+                "rotation_vector_rad": Rotation.from_matrix(self.rotation).as_rotvec().round(10).tolist(),
+                "rotation_angle_deg": float(np.degrees(Rotation.from_matrix(self.rotation).magnitude())),
+                "translation_mm": self.translation.round(6).tolist(),
+                "centre_mm": self.centre.round(6).tolist(),
+                "template_to_scanner": self.template_to_scanner.round(10).tolist(),
+            },
+        }
+
+
+def brain_centre(template: Template) -> np.ndarray:
+    """Centre of mass (mm) of the template brain mask."""
+    mask = template.mask.get_fdata() > 0
+    com = np.array(ndimage.center_of_mass(mask))
+    return template.mask.affine[:3, :3] @ com + template.mask.affine[:3, 3]
+
+
+def generate_t1w(truth: SubjectTruth, gauge: dict[str, Any], template: Template, anatomy: np.ndarray,
+                 displacement: Displacement, rng: np.random.Generator) -> tuple[nib.Nifti1Image, nib.Nifti1Image]:
+    """The posed, gauged T1w in its site's storage, and the un-posed noise-free one on the template grid."""
+    shape, affine = stored_grid(np.array(gauge["t1w_fov_mm"]), np.array(gauge["t1w_voxel_mm"]), tuple(gauge["orientation"]))
+    world = voxel_world_coords(shape, affine)
+    to_template = np.linalg.inv(truth.template_to_scanner)
+    points = (to_template[:3, :3] @ world.reshape(3, -1) + to_template[:3, 3:4]).reshape(world.shape)
+    clean = sample_in_template(anatomy[None], template, points, displacement)[0]
+    ref_max = float(np.percentile(anatomy[anatomy > 0], 99))
+    gauged = apply_gauge(clean, gauge, ref_max) * bias_field(world, gauge["bias_coefficients"])
+    noisy = rician(gauged, gauge["noise_fraction"] * gauge["gain"] * ref_max, rng)
+    img = nib.Nifti1Image(noisy.astype(np.float32), affine)
+    _set_scanner_codes(img)
+    # un-posed reference: same anatomy and monotone gauge, template grid, no bias field, no noise
+    grid = voxel_world_coords(template.t1w.shape, template.t1w.affine)
+    unposed = apply_gauge(sample_in_template(anatomy[None], template, grid, displacement)[0], gauge, ref_max)
+    return img, nib.Nifti1Image(unposed.astype(np.float32), template.t1w.affine)
+
+
+def generate_bold(truth: SubjectTruth, gauge: dict[str, Any], spec: DemoSpec, template: Template,
+                  displacement: Displacement, motion: pd.DataFrame, rng: np.random.Generator
+                  ) -> tuple[nib.Nifti1Image, list[float], np.ndarray]:
+    """The BOLD run (stored like the site's T1w), its SliceTiming, and the region signals."""
+    tr, n_vol = spec.repetition_time, spec.n_volumes
+    shape, affine = stored_grid(np.array(gauge["bold_fov_mm"]), np.array(gauge["bold_voxel_mm"]), tuple(gauge["orientation"]))
+    slice_times = interleaved_slice_timing(shape[2], tr)
+    # baseline T2*-weighted contrast and region maps, warped once into the subject's head frame
+    baseline = sum(TISSUE_T2STAR[t] * getattr(template, t).get_fdata() for t in ("gm", "wm", "csf"))
+    world_t = voxel_world_coords(template.t1w.shape, template.t1w.affine)
+    maps = [baseline]
+    for _, reg in NETWORK_REGIONS.iterrows():
+        r2 = (world_t[0] - reg.x) ** 2 + (world_t[1] - reg.y) ** 2 + (world_t[2] - reg.z) ** 2
+        maps.append(np.exp(-r2 / (2 * (REGION_RADIUS_MM / 2) ** 2)) * template.gm.get_fdata())
+    head_maps = sample_in_template(np.stack(maps).astype(np.float32), template, world_t, displacement)
+    acq_times = np.arange(n_vol)[:, None] * tr + np.asarray(slice_times)[None, :]
+    signals = network_signals(rng, acq_times.ravel(), tr).reshape(n_vol, shape[2], -1)
+    global_signal = network_signals(rng, np.arange(n_vol) * tr, tr)[:, 0]
+    world = voxel_world_coords(shape, affine)
+    flat = np.vstack([world.reshape(3, -1), np.ones((1, world[0].size))])
+    bias = bias_field(world, gauge["bias_coefficients"])
+    slope = rng.normal(0.01, 0.004, size=shape)
+    data = np.empty((*shape, n_vol), dtype=np.float32)
+    noise_sigma = 0.01 * TISSUE_T2STAR["gm"]
+    for t in range(n_vol):
+        head = np.linalg.inv(motion_matrix(motion.iloc[t]) @ truth.template_to_scanner)
+        points = (head @ flat)[:3].reshape(world.shape)
+        sampled = trilinear(head_maps, world_to_voxel(points, template.t1w.affine))
+        base, amps = sampled[0], sampled[1:]
+        modulation = 1.0 + 0.004 * global_signal[t]
+        modulation = modulation + 0.03 * np.einsum("kxyz,zk->xyz", amps, signals[t])
+        vol = base * modulation
+        if t < DUMMY_SCANS:  # non-steady-state: T1 saturation not reached yet
+            vol = vol * (1.6 - 0.25 * t)
+        vol = vol * (1.0 + slope * t / max(n_vol - 1, 1)) * bias * gauge["bold_gain"]
+        data[..., t] = rician(vol, noise_sigma * gauge["bold_gain"], rng)
+    img = nib.Nifti1Image(data, affine)
+    _set_scanner_codes(img)
+    img.header.set_xyzt_units("mm", "sec")
+    zooms = img.header.get_zooms()
+    img.header.set_zooms((*zooms[:3], tr))
+    img.header.set_dim_info(slice=2)
+    return img, slice_times, signals.mean(axis=1)
+
+
+def _set_scanner_codes(img: nib.Nifti1Image) -> None:
+    img.set_qform(img.affine, code=1)
+    img.set_sform(img.affine, code=1)
+    img.header.set_xyzt_units("mm", "sec")
+
+
+# --------------------------------------------------------------------------- dataset
+
+
+def _participants(spec: DemoSpec, rng: np.random.Generator) -> pd.DataFrame:
+    rows = []
+    width = max(2, len(str(spec.sites * spec.subjects_per_site)))
+    n = 0
+    for s in range(spec.sites):
+        diagnoses = ["ASD", "TDC"] * ((spec.subjects_per_site + 1) // 2)
+        rng.shuffle(diagnoses)
+        for j in range(spec.subjects_per_site):
+            n += 1
+            rows.append(
+                {
+                    "participant_id": f"sub-{n:0{width}d}",
+                    "site": spec.site_label(s),
+                    "age": round(float(rng.uniform(8.0, 40.0)), 1),
+                    "sex": str(rng.choice(["M", "F"])),
+                    "diagnosis": diagnoses[j],
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+PARTICIPANTS_JSON = {
+    "participant_id": {"Description": "Participant label"},
+    "site": {"Description": "Acquisition site (scanner)"},
+    "age": {"Description": "Age at scan", "Units": "year"},
+    "sex": {"Description": "Sex", "Levels": {"M": "male", "F": "female"}},
+    "diagnosis": {
+        "Description": "Planted diagnosis (synthetic): ASD subjects carry a local atrophy",
+        "Levels": {"ASD": "planted effect", "TDC": "control"},
+    },
+}
+
+
+def make_demo_dataset(out_dir: str | os.PathLike[str], spec: DemoSpec | None = None, *, progress: bool = True) -> Path:
+    """Write the synthetic BIDS dataset described by ``spec`` to ``out_dir``.
+
+    Parameters
+    ----------
+    out_dir : path-like
+        Destination (created). Existing subject files are overwritten atomically.
+    spec : DemoSpec, optional
+        What to generate; defaults to the ``make demo`` dataset (3 sites × 4 subjects).
+    progress : bool, default=True
+        Show a progress bar.
+
+    Returns
+    -------
+    pathlib.Path
+        ``out_dir``.
+    """
+    spec = spec or DemoSpec()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(spec.seed)
+    template = load_template(2 if spec.resolution >= 1.5 else 1)
+    centre = brain_centre(template)
+    gauges = site_gauges(spec, rng)
+    participants = _participants(spec, rng)
+    truth_dir = out / "sourcedata" / "groundtruth"
+    subject_seeds = rng.integers(0, 2**31 - 1, size=len(participants))
+
+    write_json(out / "dataset_description.json", {
+        "Name": "symprep synthetic multi-site demo",
+        "BIDSVersion": "1.9.0",
+        "DatasetType": "raw",
+        "License": "CC0",
+        "Authors": ["symprep"],
+        "GeneratedBy": [{"Name": "symprep demo-data", "Version": __version__}],
+        "HowToAcknowledge": "Built from the MNI152 2009a template (Fonov et al. 2011) shipped with nilearn.",
+    })
+    write_text(out / "README", _readme(spec))
+    write_text(out / "participants.tsv", participants.to_csv(sep="\t", index=False))
+    write_json(out / "participants.json", PARTICIPANTS_JSON)
+    write_json(out / "task-rest_bold.json", {"TaskName": "rest", "RepetitionTime": spec.repetition_time})
+    write_text(truth_dir / "sites.tsv", pd.DataFrame(gauges).to_csv(sep="\t", index=False))
+    write_json(truth_dir / "sites.json", gauges)
+    write_text(truth_dir / "network_regions.tsv", NETWORK_REGIONS.to_csv(sep="\t", index=False))
+    corr = pd.DataFrame(network_correlation(), index=NETWORK_REGIONS.region, columns=NETWORK_REGIONS.region)
+    write_text(truth_dir / "network_correlation.tsv", corr.to_csv(sep="\t"))
+    write_json(truth_dir / "diagnosis_effect.json", {
+        "centre_mm": DIAGNOSIS_CENTRE_MM, "sigma_mm": DIAGNOSIS_SIGMA_MM, "strength": DIAGNOSIS_STRENGTH,
+        "description": "ASD subjects: template GM intensity moved towards CSF by strength * gaussian * GM",
+    })
+    write_json(truth_dir / "spec.json", {k: v for k, v in spec.__dict__.items()})
+
+    site_of = {g["site"]: g for g in gauges}
+    bar = tqdm(participants.itertuples(index=False), total=len(participants), disable=not progress,
+               desc="demo subjects", unit="subject")
+    for row, sub_seed in zip(bar, subject_seeds, strict=True):
+        _write_subject(out, spec, template, centre, row, site_of[row.site], int(sub_seed))
+    logger.info("demo dataset with %d subjects written to %s", len(participants), out)
+    return out
+
+
+def _write_subject(out: Path, spec: DemoSpec, template: Template, centre: np.ndarray, row: Any,
+                   gauge: dict[str, Any], seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    sub = row.participant_id
+    truth = SubjectTruth(
+        participant_id=sub, site=row.site, age=row.age, sex=row.sex, diagnosis=row.diagnosis,
+        rotation=Rotation.random(random_state=rng).as_matrix(),
+        translation=rng.uniform(-spec.max_translation_mm, spec.max_translation_mm, size=3),
+        centre=centre, seed=seed,
+    )
+    velocity = velocity_field(rng, template, spec.warp_amplitude_mm)
+    displacement = displacement_from_velocity(velocity, coarse_grid(template.t1w, 2))
+    anatomy = subject_template_t1w(template, row.diagnosis)
+    t1w, unposed = generate_t1w(truth, gauge, template, anatomy, displacement, rng)
+    motion = motion_parameters(rng, spec.n_volumes)
+    bold, slice_times, signals = generate_bold(truth, gauge, spec, template, displacement, motion, rng)
+
+    anat = out / sub / "anat"
+    func = out / sub / "func"
+    save_image(t1w, anat / f"{sub}_T1w.nii.gz")
+    write_json(anat / f"{sub}_T1w.json", {
+        "Manufacturer": gauge["manufacturer"], "MagneticFieldStrength": 3,
+        "InstitutionName": gauge["site"], "MRAcquisitionType": "3D",
+    })
+    save_image(bold, func / f"{sub}_task-rest_bold.nii.gz")
+    write_json(func / f"{sub}_task-rest_bold.json", {
+        "TaskName": "rest", "RepetitionTime": spec.repetition_time, "SliceTiming": slice_times,
+        "SliceEncodingDirection": "k", "Manufacturer": gauge["manufacturer"],
+        "InstitutionName": gauge["site"],
+    })
+    gt = out / "sourcedata" / "groundtruth" / sub
+    record = truth.as_json()
+    record.update({
+        "gauge": gauge,
+        "anatomy": {
+            "velocity_field": f"{sub}_desc-velocity_field.nii.gz",
+            "convention": "subject(x) = template(phi(x)), phi = exp(v) by scaling and squaring (6 steps)",
+            "warp_amplitude_mm": spec.warp_amplitude_mm,
+        },
+        "bold": {"non_steady_state_volumes": DUMMY_SCANS, "repetition_time": spec.repetition_time},
+    })
+    write_json(gt / f"{sub}_groundtruth.json", record)
+    save_image(velocity, gt / f"{sub}_desc-velocity_field.nii.gz")
+    save_image(unposed, gt / f"{sub}_space-MNI152NLin2009aSym_desc-unposed_T1w.nii.gz")
+    write_text(gt / f"{sub}_task-rest_desc-motion_timeseries.tsv", motion.to_csv(sep="\t", index=False, float_format="%.8f"))
+    regions = pd.DataFrame(signals, columns=NETWORK_REGIONS.region)
+    write_text(gt / f"{sub}_task-rest_desc-regions_timeseries.tsv", regions.to_csv(sep="\t", index=False, float_format="%.6f"))
+
+
+def _readme(spec: DemoSpec) -> str:
+    return (
+        "symprep synthetic multi-site demo dataset\n"
+        "==========================================\n\n"
+        f"{spec.sites} sites x {spec.subjects_per_site} subjects, seed {spec.seed}, generated by "
+        f"`symprep demo-data` (version {__version__}) from the MNI152 2009a symmetric template.\n"
+        "Every subject has a head pose drawn uniformly from SO(3), a random smooth anatomical warp,\n"
+        "and a site-specific intensity gauge, storage orientation, voxel size and field of view.\n"
+        "ASD subjects carry a planted local atrophy. BOLD runs carry a planted network, head motion,\n"
+        "slice timing, drift and two non-steady-state volumes. Ground truth: sourcedata/groundtruth/.\n"
+    )

@@ -1,0 +1,93 @@
+"""The group level: gather the participant results and run the group stages that exist.
+
+Subjects whose participant stage failed or is missing are listed in
+``group/participants_status.tsv`` and left out of the group stages (never silently passed on).
+Harmonization (:mod:`pipeline.gauge`) runs on voxel-wise grey-matter probability in template space
+when at least two sites have usable subjects.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipeline.bids import read_participants
+from pipeline.bids_names import derivative_path
+from pipeline.config import Config
+from pipeline.io import read_json, write_json, write_text
+from pipeline.workflows.participant import failure_path, status_path
+
+logger = logging.getLogger(__name__)
+
+
+def participant_status(output_dir: Path, subjects: list[str]) -> pd.DataFrame:
+    """One row per subject: ``status`` (ok / failed / missing), failing stage and error."""
+    rows = []
+    for sub in subjects:
+        ok, bad = status_path(output_dir, sub), failure_path(output_dir, sub)
+        if ok.exists():
+            rows.append({"participant": sub, "status": "ok", "stage": "", "error": ""})
+        elif bad.exists():
+            record = read_json(bad)
+            rows.append({"participant": sub, "status": "failed", "stage": record.get("stage", ""),
+                         "error": record.get("error", "")})
+        else:
+            rows.append({"participant": sub, "status": "missing", "stage": "", "error": ""})
+    return pd.DataFrame(rows).set_index("participant")
+
+
+def gm_features(output_dir: Path, subjects: list[str], resolution: int) -> pd.DataFrame:
+    """Template-space GM probability inside the template brain mask, one row per subject."""
+    import nibabel as nib
+
+    from pipeline.data.templates import load_template
+
+    mask = load_template(resolution).mask.get_fdata() > 0
+    rows = {}
+    for sub in subjects:
+        path = derivative_path(output_dir, sub, "anat", space="MNI152NLin2009aSym", res=resolution,
+                               label="GM", suffix="probseg")
+        if path.exists():
+            rows[sub] = np.asarray(nib.load(path).dataobj, dtype=np.float32)[mask]
+    if not rows:
+        return pd.DataFrame()
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
+def run_group(bids_dir: str | os.PathLike[str], output_dir: str | os.PathLike[str],
+              subjects: list[str], config: Config) -> int:
+    """Run the group level; return 1 when subjects had to be left out, else 0."""
+    output_dir = Path(output_dir)
+    group_dir = output_dir / "group"
+    status = participant_status(output_dir, subjects)
+    write_text(group_dir / "participants_status.tsv", status.to_csv(sep="\t"))
+    usable = status.index[status.status == "ok"].tolist()
+    summary: dict = {"n_subjects": len(subjects), "n_usable": len(usable),
+                     "left_out": status.index[status.status != "ok"].tolist(), "stages": {}}
+    participants = read_participants(bids_dir).reindex(usable)
+    if config.gauge.enabled and config.anat.enabled:
+        summary["stages"]["harmonization"] = _harmonize(output_dir, usable, participants, config)
+    write_json(group_dir / "group_summary.json", summary)
+    if summary["left_out"]:
+        logger.warning("left out of the group stages: %s", ", ".join(summary["left_out"]))
+    return 1 if summary["left_out"] else 0
+
+
+def _harmonize(output_dir: Path, subjects: list[str], participants: pd.DataFrame,
+               config: Config) -> dict:
+    from pipeline import gauge
+
+    if not hasattr(gauge, "run_harmonization"):
+        return {"status": "skipped", "reason": "harmonization entry point not available"}
+    if "site" not in participants or participants["site"].nunique() < 2:
+        return {"status": "skipped", "reason": "fewer than two sites"}
+    features = gm_features(output_dir, subjects, config.anat.resolution)
+    if features.empty:
+        return {"status": "skipped", "reason": "no template-space GM maps"}
+    result = gauge.run_harmonization(features, participants.loc[features.index], config.gauge,
+                                     output_dir / "group" / "harmonization", seed=config.seed)
+    return {"status": "ok", **{k: v for k, v in result.items() if np.isscalar(v) or isinstance(v, str)}}

@@ -1,0 +1,103 @@
+"""Run the participant-level stages for one subject, recording success or failure.
+
+One subject's failure never costs the others: :func:`run_participants` catches each subject's
+error, writes ``OUTPUT_DIR/logs/sub-X_failure.json`` (stage, error, traceback for bugs) and goes
+on; the command line exits non-zero at the end. A success writes ``logs/sub-X_participant.json``
+with the outputs and timings (the Snakemake rule's target).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipeline import __version__
+from pipeline.bids import t1w_file
+from pipeline.config import Config
+from pipeline.errors import SymprepError
+from pipeline.io import check_image, write_json
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class SubjectResult:
+    """Outcome of one subject's participant stages."""
+
+    subject: str
+    ok: bool
+    outputs: dict[str, str] = field(default_factory=dict)
+    stage: str | None = None
+    error: str | None = None
+    seconds: float = 0.0
+
+
+def status_path(output_dir: str | os.PathLike[str], subject: str) -> Path:
+    """Success record of a subject (the participant rule's target)."""
+    return Path(output_dir) / "logs" / f"sub-{subject}_participant.json"
+
+
+def failure_path(output_dir: str | os.PathLike[str], subject: str) -> Path:
+    """Failure record of a subject."""
+    return Path(output_dir) / "logs" / f"sub-{subject}_failure.json"
+
+
+def run_participant(layout, subject: str, output_dir: Path, work_dir: Path, config: Config,
+                    nprocs: int) -> SubjectResult:
+    """Run the enabled participant stages of one subject; never raises for that subject's errors."""
+    start = time.monotonic()
+    stage = "inputs"
+    outputs: dict[str, str] = {}
+    try:
+        t1w = t1w_file(layout, subject)
+        check_image(t1w, ndim=3)
+        if config.anat.enabled:
+            stage = "anat"
+            from pipeline.workflows.anat import run_anat_stage
+
+            anat_outputs = run_anat_stage(
+                t1w=t1w, subject=subject, output_dir=output_dir, work_dir=work_dir / f"sub-{subject}",
+                options=config.anat, seed=config.seed, nprocs=nprocs,
+            )
+            outputs.update({f"anat.{k}": str(v) for k, v in anat_outputs.items()})
+    except SymprepError as exc:
+        return _failed(output_dir, subject, stage, str(exc), None, start)
+    except Exception as exc:  # a bug: record it with its traceback, go on with other subjects
+        return _failed(output_dir, subject, stage, f"{type(exc).__name__}: {exc}",
+                       traceback.format_exc(), start)
+    seconds = time.monotonic() - start
+    failure_path(output_dir, subject).unlink(missing_ok=True)
+    write_json(status_path(output_dir, subject), {
+        "subject": f"sub-{subject}", "status": "ok", "symprep_version": __version__,
+        "seed": config.seed, "seconds": round(seconds, 1), "outputs": outputs,
+    })
+    logger.info("sub-%s: participant stages done in %.0f s", subject, seconds)
+    return SubjectResult(subject, True, outputs, seconds=seconds)
+
+
+def _failed(output_dir: Path, subject: str, stage: str, message: str, tb: str | None,
+            start: float) -> SubjectResult:
+    seconds = time.monotonic() - start
+    status_path(output_dir, subject).unlink(missing_ok=True)
+    record = {"subject": f"sub-{subject}", "status": "failed", "stage": stage, "error": message,
+              "symprep_version": __version__, "seconds": round(seconds, 1)}
+    if tb:
+        record["traceback"] = tb
+    write_json(failure_path(output_dir, subject), record)
+    logger.error("sub-%s failed in stage %s: %s", subject, stage, message)
+    return SubjectResult(subject, False, stage=stage, error=message, seconds=seconds)
+
+
+def run_participants(layout, subjects: list[str], output_dir: Path, work_dir: Path, config: Config,
+                     nprocs: int) -> list[SubjectResult]:
+    """Run every subject in turn (a progress bar when there are several)."""
+    from tqdm.auto import tqdm
+
+    results = []
+    for subject in tqdm(subjects, desc="participants", unit="subject", disable=len(subjects) < 2):
+        results.append(run_participant(layout, subject, output_dir, work_dir, config, nprocs))
+    return results

@@ -1,0 +1,25 @@
+# Group level, after every participant job: status table, harmonization (gauge stage), ...
+
+
+rule group:
+    input:
+        participant_targets(),
+    output:
+        summary=f"{OUT}/group/group_summary.json",
+    log:
+        f"{OUT}/logs/group.log",
+    container:
+        CONTAINER_IMAGE
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=120,
+    params:
+        bids=BIDS_DIR,
+        out=OUT,
+        work=WORK,
+        config=str(RUN_CONFIG),
+        symprep=SYMPREP,
+    shell:
+        "{params.symprep} {params.bids} {params.out} group --config {params.config} "
+        "--work-dir {params.work} --nprocs {threads} --skip-bids-validation > {log} 2>&1"
