@@ -95,6 +95,24 @@ class BlurPool3d(nn.Module):
         return y.reshape(b, c, *y.shape[2:])
 
 
+class CachedKernel:
+    """Mixin: reuse the kernel built by ``kernel()`` while no parameter changed, in inference.
+
+    The cache is used only when gradients are off and the module is in eval mode; it is keyed on
+    the parameters' in-place version counters (optimiser steps and ``load_state_dict`` bump them).
+    """
+
+    def cached_kernel(self) -> torch.Tensor:
+        if self.training or torch.is_grad_enabled():
+            return self.kernel()
+        key = tuple((p.data_ptr(), p._version) for p in self.parameters())
+        cache = getattr(self, "_kernel_cache", None)
+        if cache is None or cache[0] != key:
+            cache = (key, self.kernel())
+            self._kernel_cache = cache
+        return cache[1]
+
+
 def n_parameters(model: nn.Module) -> int:
     """Number of trainable parameters."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline.models._layers import BlurPool3d
+from pipeline.models._layers import BlurPool3d, CachedKernel
 from pipeline.symmetry import cube_multiplication_table, cube_rotations, rotate_cube
 
 __all__ = ["OctahedralCNN", "RelaxedOctahedralCNN", "GroupConv3d"]
@@ -53,7 +53,7 @@ def _group_index() -> torch.Tensor:
     return torch.as_tensor(table[inv])
 
 
-class GroupConv3d(nn.Module):
+class GroupConv3d(CachedKernel, nn.Module):
     """Lifting (``lifting=True``) or group convolution over the 24 cube rotations.
 
     Input ``(B, C_in, X, Y, Z)`` (lifting) or ``(B, C_in·24, X, Y, Z)``; output ``(B, C_out·24, X,
@@ -116,7 +116,7 @@ class GroupConv3d(nn.Module):
         return K.reshape(O * N_GROUP, I * Gi, k, k, k)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return nn.functional.conv3d(x, self.kernel(), padding=self.k // 2)
+        return nn.functional.conv3d(x, self.cached_kernel().to(x.dtype), padding=self.k // 2)
 
     def symmetry_defect(self) -> torch.Tensor:
         r""":math:`\sum_{l,g} (\alpha_l(g) - \bar\alpha_l)^2` (zero for the exactly equivariant

@@ -34,12 +34,12 @@ from e3nn import o3
 from e3nn.math import soft_one_hot_linspace
 from torch import nn
 
-from pipeline.models._layers import BlurPool3d
+from pipeline.models._layers import BlurPool3d, CachedKernel
 
 __all__ = ["SteerableCNN", "VoxelConvolution"]
 
 
-class VoxelConvolution(nn.Module):
+class VoxelConvolution(CachedKernel, nn.Module):
     r"""Steerable convolution on a voxel grid (same-size output), kernel as in the module docstring.
 
     Parameters
@@ -104,7 +104,7 @@ class VoxelConvolution(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, in_dim, X, Y, Z)`` → ``(B, out_dim, X, Y, Z)`` (one dense ``conv3d``)."""
-        return nn.functional.conv3d(x, self.kernel().to(x.dtype), padding=self.padding)
+        return nn.functional.conv3d(x, self.cached_kernel().to(x.dtype), padding=self.padding)
 
 
 class NormGate(nn.Module):

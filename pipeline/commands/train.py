@@ -1,0 +1,100 @@
+"""``symprep train``: train one model on preprocessed volumes with labels from participants.tsv.
+
+Example::
+
+    symprep train BIDS_DIR DERIVATIVES_DIR --model steerable --target diagnosis \\
+        --split leave-site-out --epochs 30 --output-dir DERIVATIVES_DIR/group/models/steerable
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+from typing import Any
+
+from pipeline.models.options import ModelOptions
+
+logger = logging.getLogger(__name__)
+
+# command-line flag -> ModelOptions field (only flags given on the command line override)
+_FLAGS: dict[str, dict[str, Any]] = {
+    "model": {"choices": ["cnn", "octahedral", "steerable", "relaxed"]},
+    "target": {},
+    "task": {"choices": ["auto", "classification", "regression"]},
+    "input_pattern": {},
+    "split": {"choices": ["stratified", "leave-site-out"]},
+    "test_fraction": {"type": float},
+    "test_sites": {"nargs": "+"},
+    "downsample": {"type": int},
+    "epochs": {"type": int},
+    "batch_size": {"type": int},
+    "learning_rate": {"type": float},
+    "weight_decay": {"type": float},
+    "symmetry_penalty": {"type": float},
+    "augment": {"choices": ["none", "so3", "cube"]},
+    "device": {"choices": ["auto", "cuda", "cpu"]},
+    "seed": {"type": int},
+}
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register ``train`` on the ``symprep`` subcommand parser and return its parser."""
+    p = subparsers.add_parser(
+        "train",
+        help="train a (rotation-equivariant) 3D model on preprocessed volumes",
+        description=__doc__.split("\n\n")[0],
+    )
+    p.add_argument("bids_dir", type=Path, help="BIDS dataset (its participants.tsv has the labels)")
+    p.add_argument("derivatives_dir", type=Path, help="symprep output folder with the volumes")
+    p.add_argument(
+        "--output-dir",
+        type=Path,
+        default=None,
+        help="where checkpoint, log.csv and metrics.json go "
+        "(default: DERIVATIVES_DIR/group/models/MODEL)",
+    )
+    for name, kw in _FLAGS.items():
+        desc = ModelOptions.model_fields[name].description or ""
+        default = ModelOptions.model_fields[name].default
+        p.add_argument(
+            f"--{name.replace('_', '-')}",
+            dest=name,
+            default=None,
+            help=f"{desc} (default: {default})",
+            **kw,
+        )
+    p.add_argument("--no-resume", action="store_true", help="start afresh, ignoring a checkpoint")
+    p.add_argument("--no-amp", action="store_true", help="disable mixed precision on CUDA")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.set_defaults(func=run)
+    return p
+
+
+def options_from_args(args: argparse.Namespace, base: ModelOptions | None = None) -> ModelOptions:
+    """``base`` (e.g. the ``models:`` section of the configuration) updated by the given flags."""
+    values = (base or ModelOptions()).model_dump()
+    values.update({k: getattr(args, k) for k in _FLAGS if getattr(args, k, None) is not None})
+    values["resume"] = values["resume"] and not getattr(args, "no_resume", False)
+    values["amp"] = values["amp"] and not getattr(args, "no_amp", False)
+    values["progress"] = values["progress"] and not getattr(args, "no_progress", False)
+    try:
+        return ModelOptions(**values)
+    except ValueError as exc:  # pydantic.ValidationError
+        from pipeline.errors import ConfigError
+
+        first = str(exc).splitlines()
+        raise ConfigError(f"invalid train option: {' '.join(first[1:3]).strip()}") from exc
+
+
+def run(args: argparse.Namespace) -> int:
+    """Train the model described by ``args``; return 0 on success."""
+    from pipeline.models.training import train_from_bids
+
+    opts = options_from_args(args, getattr(args, "model_options", None))
+    out = args.output_dir or Path(args.derivatives_dir) / "group" / "models" / opts.model
+    metrics = train_from_bids(args.bids_dir, args.derivatives_dir, out, opts)
+    test = metrics.get("test", {})
+    summary = ", ".join(f"{k} {v:.3f}" for k, v in test.items()) or "no test set"
+    logger.info("trained %s: %s; results in %s", opts.model, summary, out)
+    return 0

@@ -1,0 +1,73 @@
+"""Options of the model stage (the ``models:`` section of the configuration)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field
+
+from pipeline._options import StrictOptions
+
+DEFAULT_PATTERN = (
+    "sub-{label}/anat/sub-{label}_space-MNI152NLin2009aSym_res-2_desc-preproc_T1w.nii.gz"
+)
+
+
+class ModelOptions(StrictOptions):
+    """Group model stage: rotation-equivariant 3D CNNs and the VAE."""
+
+    enabled: bool = Field(False, description="Train models in the group stage.")
+    model: Literal["cnn", "octahedral", "steerable", "relaxed"] = Field(
+        "steerable",
+        description="Architecture: plain 3D CNN, octahedral group CNN, SO(3)-steerable CNN (e3nn) "
+        "or relaxed (approximately equivariant) octahedral CNN.",
+    )
+    hparams: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Extra model hyperparameters passed to build_model (e.g. widths, lmax, "
+        "diameter, banks).",
+    )
+    target: str = Field("diagnosis", description="Column of participants.tsv to predict.")
+    task: Literal["auto", "classification", "regression"] = Field(
+        "auto", description="Classification for categorical targets, regression for numbers."
+    )
+    input_pattern: str = Field(
+        DEFAULT_PATTERN,
+        description="Input volume path under the derivatives folder; {label} is the participant.",
+    )
+    split: Literal["stratified", "leave-site-out"] = Field(
+        "stratified",
+        description="Site-aware split: stratified by site × class, or hold out whole sites.",
+    )
+    test_fraction: float = Field(
+        0.25, gt=0, lt=1, description="Test fraction per stratum (stratified split)."
+    )
+    test_sites: list[str] = Field(
+        default_factory=list,
+        description="Held-out sites for leave-site-out (default: the last site in sorted order).",
+    )
+    downsample: int = Field(
+        2, ge=1, description="Average-pooling factor on load (2: 2 mm volumes to 4 mm)."
+    )
+    epochs: int = Field(30, ge=1, description="Training epochs.")
+    batch_size: int = Field(4, ge=1, description="Volumes per step.")
+    learning_rate: float = Field(1e-3, gt=0, description="AdamW learning rate.")
+    weight_decay: float = Field(1e-4, ge=0, description="AdamW weight decay.")
+    symmetry_penalty: float = Field(
+        1e-2,
+        ge=0,
+        description="Weight of the symmetry-breaking penalty of the relaxed model "
+        "(0: free symmetry breaking; large: nearly exact equivariance).",
+    )
+    augment: Literal["none", "so3", "cube"] = Field(
+        "none",
+        description="Random-rotation augmentation per batch: none, uniform SO(3) rotations "
+        "(resampled) or the 24 exact cube rotations.",
+    )
+    device: Literal["auto", "cuda", "cpu"] = Field(
+        "auto", description="Where to train: auto picks CUDA when present, CPU otherwise."
+    )
+    amp: bool = Field(True, description="Mixed precision (bfloat16/float16 autocast) on CUDA.")
+    seed: int = Field(0, description="Seed of initialisation, shuffling, splits and augmentation.")
+    resume: bool = Field(True, description="Resume from the checkpoint in the output folder.")
+    progress: bool = Field(True, description="Show a progress bar.")

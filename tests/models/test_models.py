@@ -1,0 +1,97 @@
+"""Models: shapes, dtypes, exact invariance to the 24 cube rotations, relaxed symmetry breaking."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pipeline.errors import ConfigError
+from pipeline.models import MODEL_NAMES, build_model, centred_size, n_parameters, pad_to_centred
+from pipeline.symmetry import cube_rotations, equivariance_error, rotate_cube
+
+SIDE = 13  # ≡ 1 (mod 4): both stride-2 lattices of the default 3-level models stay centred
+
+
+def _calibrated(name: str, **hparams) -> torch.nn.Module:
+    """A model whose BatchNorm statistics have seen one batch, in eval mode."""
+    model = build_model(name, 1, 3, **hparams)
+    with torch.no_grad():
+        model(torch.randn(4, 1, SIDE, SIDE, SIDE))
+    return model.eval()
+
+
+def _structured(batch: int = 2) -> torch.Tensor:
+    """Random anisotropic Gaussian blobs: a volume with no rotational symmetry."""
+    g = torch.Generator().manual_seed(1)
+    axes = torch.arange(SIDE, dtype=torch.float32) - (SIDE - 1) / 2
+    p = torch.stack(torch.meshgrid(axes, axes, axes, indexing="ij"), -1)
+    x = torch.zeros(batch, 1, SIDE, SIDE, SIDE)
+    for b in range(batch):
+        for _ in range(4):
+            c = (torch.rand(3, generator=g) - 0.5) * SIDE * 0.6
+            w = 1.0 + 3.0 * torch.rand(3, generator=g)
+            x[b, 0] += torch.exp(-(((p - c) / w) ** 2).sum(-1))
+    return x + 0.1 * torch.randn(x.shape, generator=g)
+
+
+def _cube_errors(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    acts = [lambda v, g=g: rotate_cube(v, g) for g in cube_rotations()]
+    return equivariance_error(model, x, acts)
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_shapes_and_dtypes(name):
+    model = build_model(name, 2, 5)
+    out = model(torch.randn(3, 2, SIDE, SIDE, SIDE))
+    assert out.shape == (3, 5) and out.dtype == torch.float32
+    assert model.name == name and model.hparams["num_outputs"] == 5
+    # non-cubic, non-centred inputs still run
+    assert model.eval()(torch.randn(1, 2, 12, 14, 10)).shape == (1, 5)
+
+
+def test_parameter_counts_are_comparable():
+    counts = {name: n_parameters(build_model(name, 1, 2)) for name in MODEL_NAMES}
+    assert max(counts.values()) / min(counts.values()) < 4, counts
+
+
+@pytest.mark.parametrize("name", ["octahedral", "steerable", "relaxed"])
+def test_exact_invariance_to_the_24_cube_rotations(name):
+    model = _calibrated(name)
+    err = _cube_errors(model, _structured())
+    assert err.shape == (24, 2)
+    assert err.max() <= 1e-5, f"{name}: max relative error {err.max():.2e}"
+
+
+def test_plain_cnn_is_not_invariant():
+    err = _cube_errors(_calibrated("cnn"), _structured())
+    assert err[0].max() == 0  # identity
+    assert err[1:].mean() > 1e-3  # > 100 × the tolerance the invariant models meet
+
+
+def test_relaxed_model_starts_equivariant_and_can_break_symmetry():
+    model = _calibrated("relaxed", penalty=0.5)
+    assert float(model.symmetry_penalty().detach()) == 0.0
+    with torch.no_grad():
+        for p in (m.relaxed_weights for m in model.modules() if hasattr(m, "relaxed_weights")):
+            if p is not None:
+                p.add_(0.5 * torch.randn_like(p))
+    defect = float(model.symmetry_defect().detach())
+    assert defect > 0 and float(model.symmetry_penalty().detach()) == pytest.approx(0.5 * defect)
+    assert _cube_errors(model, _structured()).max() > 1e-4
+
+
+def test_even_size_is_padded_to_a_centred_lattice():
+    assert centred_size(64, 2) == 65 and centred_size(91, 3) == 97 and centred_size(17, 2) == 17
+    x = torch.ones(1, 1, 16, 15, 17)
+    y = pad_to_centred(x, 2)
+    assert y.shape[-3:] == (17, 17, 17)
+    assert y.sum() == x.sum()
+
+
+def test_unknown_model_and_bad_hparams():
+    with pytest.raises(ConfigError, match="model name must be one of cnn, octahedral"):
+        build_model("resnet", 1, 2)
+    with pytest.raises(ConfigError, match="invalid hyperparameters for model 'cnn'"):
+        build_model("cnn", 1, 2, lmax=3)
+    with pytest.raises(ValueError, match="relaxed model needs banks >= 2"):
+        build_model("relaxed", 1, 2, banks=1)
