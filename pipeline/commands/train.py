@@ -9,6 +9,7 @@ Example::
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -64,6 +65,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
             help=f"{desc} (default: {default})",
             **kw,
         )
+    p.add_argument(
+        "--hparams",
+        type=json.loads,
+        default=None,
+        help="model hyperparameters as JSON, e.g. '{\"widths\": [8, 16, 32]}'",
+    )
     p.add_argument("--no-resume", action="store_true", help="start afresh, ignoring a checkpoint")
     p.add_argument("--no-amp", action="store_true", help="disable mixed precision on CUDA")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -75,6 +82,8 @@ def options_from_args(args: argparse.Namespace, base: ModelOptions | None = None
     """``base`` (e.g. the ``models:`` section of the configuration) updated by the given flags."""
     values = (base or ModelOptions()).model_dump()
     values.update({k: getattr(args, k) for k in _FLAGS if getattr(args, k, None) is not None})
+    if getattr(args, "hparams", None) is not None:
+        values["hparams"] = args.hparams
     values["resume"] = values["resume"] and not getattr(args, "no_resume", False)
     values["amp"] = values["amp"] and not getattr(args, "no_amp", False)
     values["progress"] = values["progress"] and not getattr(args, "no_progress", False)
