@@ -202,36 +202,49 @@ class ComBat(BaseEstimator):
             )
         n_sites = len(self.sites_)
         proj = np.linalg.inv(design.T @ design) @ design.T
-        proj_site = np.linalg.inv(site_part.T @ site_part) @ site_part.T
+        # gamma_hat = (E'E)^-1 E' s  with  E' s = G' (per-site sums),  G = E's row per site
+        site_rows = site_design(np.arange(len(self.sites_)), len(self.sites_), self.ref_level_)
+        site_gram_inv = np.linalg.inv(site_part.T @ site_part)
+        # subjects sorted by site: each site is a contiguous slice (views, no copies)
+        order = np.argsort(idx, kind="stable")
+        sorted_already = bool(np.all(order == np.arange(n)))
+        edges = np.concatenate([[0], np.cumsum(counts)])
+        design_o, cov_o = design[order], cov_part[order]
+        proj_o = proj[:, order]
         if self.ref_level_ is None:
             weights = counts / float(n)
-            var_rows = np.arange(n)
+            var_rows = slice(0, n)
         else:
-            var_rows = np.where(idx == self.ref_level_)[0]
-        members = [np.where(idx == i)[0] for i in range(n_sites)]
+            var_rows = slice(edges[self.ref_level_], edges[self.ref_level_ + 1])
 
         beta = np.empty((design.shape[1], p))
         grand_mean = np.empty(p)
         var_pooled = np.empty(p)
         constant = np.empty(p, dtype=bool)
-        gamma_hat = np.empty((n_sites, p))
         mean_s = np.empty((n_sites, p))
         ss = np.empty((n_sites, p))
         for start, stop in self._bar(source.bounds(), source.n_blocks, "ComBat fit"):
             Xb = source.read(start, stop)
+            if not sorted_already:
+                Xb = Xb[order]
             sl = slice(start, stop)
-            constant[sl] = np.all(Xb == Xb[:1], axis=0)
-            B = proj @ Xb
-            resid = Xb - design @ B
-            vp = np.mean(resid[var_rows] ** 2, axis=0)
+            constant[sl] = np.ptp(Xb, axis=0) == 0
+            B = proj_o @ Xb
+            resid = np.subtract(Xb, design_o @ B)
+            r = resid[var_rows]
+            vp = np.einsum("ij,ij->j", r, r) / r.shape[0]
             vp[vp == 0] = 1.0  # neuroCombat's replacement (median of a boolean mask)
             gm = weights @ B[:n_sites] if self.ref_level_ is None else B[self.ref_level_]
-            s = (Xb - gm - cov_part @ B[n_sites:]) / np.sqrt(vp)
+            s = np.subtract(Xb, gm, out=resid)
+            s -= cov_o @ B[n_sites:]
+            s /= np.sqrt(vp)
             beta[:, sl], grand_mean[sl], var_pooled[sl] = B, gm, vp
-            gamma_hat[:, sl] = proj_site @ s
-            for i, rows in enumerate(members):
-                mean_s[i, sl] = s[rows].mean(axis=0)
-                ss[i, sl] = ((s[rows] - mean_s[i, sl]) ** 2).sum(axis=0)
+            for i in range(n_sites):
+                blk = s[edges[i] : edges[i + 1]]
+                m = blk.mean(axis=0)
+                dev = blk - m
+                mean_s[i, sl] = m
+                ss[i, sl] = np.einsum("ij,ij->j", dev, dev)
         self.n_features_in_ = p
         self.beta_, self.grand_mean_, self.var_pooled_ = beta, grand_mean, var_pooled
         self.constant_features_ = constant
@@ -242,6 +255,7 @@ class ComBat(BaseEstimator):
         if constant.all():
             raise HarmonizationError("X has only constant features: nothing to harmonize")
 
+        gamma_hat = site_gram_inv @ (site_rows.T @ (counts[:, None] * mean_s))
         delta_hat = ss / (counts[:, None] - 1.0)
         if self.mean_only:
             delta_hat = np.ones_like(delta_hat)
@@ -336,17 +350,21 @@ class ComBat(BaseEstimator):
         keep_rows = idx != self.ref_level_ if self.ref_level_ is not None else None
 
         def _adjust(Xb: np.ndarray, start: int, stop: int, rows: np.ndarray) -> np.ndarray:
+            # x* = (x - A - sqrt(vp) gamma*[site]) / sqrt(delta*[site]) + A,  A = alpha + C beta
             sl = slice(start, stop)
             site = idx[rows]
-            s = self._standardize(Xb, sl, cov_part[rows])
-            bayes = (s - self.gamma_star_[site, sl]) / np.sqrt(self.delta_star_[site, sl])
-            out_b = (
-                bayes * np.sqrt(self.var_pooled_[sl])
-                + self.grand_mean_[sl]
-                + cov_part[rows] @ self.beta_[n_fit_sites:, sl]
-            )
+            sd = np.sqrt(self.var_pooled_[sl])
+            shift = self.gamma_star_[:, sl] * sd
+            inv_scale = 1.0 / np.sqrt(self.delta_star_[:, sl])
+            A = cov_part[rows] @ self.beta_[n_fit_sites:, sl]
+            A += self.grand_mean_[sl]
+            out_b = np.subtract(Xb, A)
+            out_b -= shift[site]
+            out_b *= inv_scale[site]
+            out_b += A
             const = self.constant_features_[sl]
-            out_b[:, const] = Xb[:, const]
+            if const.any():
+                out_b[:, const] = Xb[:, const]
             if keep_rows is not None:
                 ref = ~keep_rows[rows]
                 out_b[ref] = Xb[ref]

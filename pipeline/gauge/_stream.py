@@ -144,7 +144,7 @@ def map_feature_blocks(
     rows = np.arange(source.n_subjects)
     for start, stop in bounds:
         out[:, start:stop] = func(source.read(start, stop), start, stop, rows)
-        if isinstance(out, np.memmap):
-            out.flush()
-            _release(out)
+        _release(out)  # dirty pages stay in the page cache; only the mapping is dropped
+    if isinstance(out, np.memmap):
+        out.flush()
     return out
