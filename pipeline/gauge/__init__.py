@@ -10,17 +10,25 @@ from pipeline.gauge._intensity import (
     zscore_normalize,
 )
 from pipeline.gauge._persist import load_model, save_model
+from pipeline.gauge._qc import biology_kept, effect_maps, site_prediction
+from pipeline.gauge._run import run_harmonization
+from pipeline.gauge.options import GaugeOptions
 
 __all__ = [
     "ComBat",
     "CovariateError",
+    "GaugeOptions",
     "HarmonizationError",
     "UnseenSiteError",
     "NyulStandardizer",
+    "biology_kept",
+    "effect_maps",
     "fcm_normalize",
     "load_model",
     "normalize_t1w",
+    "run_harmonization",
     "save_model",
+    "site_prediction",
     "whitestripe_normalize",
     "zscore_normalize",
 ]

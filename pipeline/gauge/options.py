@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 
 from pipeline._options import StrictOptions
@@ -11,3 +13,45 @@ class GaugeOptions(StrictOptions):
     """Group gauge stage: intensity normalization and ComBat harmonization across sites."""
 
     enabled: bool = Field(True, description="Run the group gauge stage.")
+    intensity_method: Literal["zscore", "whitestripe", "fcm", "nyul", "none"] = Field(
+        "zscore",
+        description="Per-image T1w intensity normalization inside the brain mask; 'nyul' fits its "
+        "standard histogram on the training subjects only.",
+    )
+    parametric: bool = Field(
+        True,
+        description="Parametric empirical Bayes (False: non-parametric, small feature counts).",
+    )
+    eb: bool = Field(True, description="Empirical-Bayes shrinkage of the site location/scale.")
+    mean_only: bool = Field(False, description="Harmonize site locations only (no scaling).")
+    ref_site: str | None = Field(
+        None, description="Reference site left unchanged (the others are mapped onto it)."
+    )
+    covariates: list[str] = Field(
+        default_factory=lambda: ["age", "sex"],
+        description="participants.tsv columns whose effects ComBat preserves (numeric: "
+        "continuous; text/category/bool: one-hot).",
+    )
+    allow_diagnosis_covariate: bool = Field(
+        False,
+        description="Allow 'diagnosis' among the ComBat covariates (it leaks when class balance "
+        "differs by site; a warning is issued).",
+    )
+    fit_on: str = Field(
+        "all",
+        description="Subjects the harmonizer is fitted on: 'all', or the name of a boolean "
+        "participants column marking the training subjects (e.g. the model stage's folds).",
+    )
+    min_new_site_subjects: int = Field(
+        5, ge=2, description="Fewest subjects of a site unseen in the fit that can be estimated."
+    )
+    block_features: int | None = Field(
+        None, ge=1, description="Features per streamed block (default: 32 MB blocks)."
+    )
+    qc_splits: int = Field(5, ge=2, description="Folds of the site-prediction cross-validation.")
+    qc_permutations: int = Field(
+        200, ge=0, description="Permutations for the site-prediction p-value."
+    )
+    qc_max_features: int = Field(
+        2000, ge=10, description="Features sampled (seeded) for the site-prediction QC."
+    )
