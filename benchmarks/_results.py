@@ -34,7 +34,11 @@ def write_section(name: str, markdown: str, results: Path = RESULTS) -> None:
     block = f"{begin}\n{markdown.strip()}\n{end}"
     text = results.read_text() if results.exists() else HEADER
     pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)
-    text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
+    text = (
+        pattern.sub(lambda _: block, text)
+        if pattern.search(text)
+        else text.rstrip() + "\n\n" + block + "\n"
+    )
     fd, tmp = tempfile.mkstemp(dir=results.parent, prefix=".RESULTS.")
     with os.fdopen(fd, "w") as fh:
         fh.write(text)

@@ -37,7 +37,10 @@ def invalid_bids_files(bids_dir: str | os.PathLike[str]) -> list[str]:
         rel = path.relative_to(root)
         if path.is_dir() or rel.parts[0] in UNVALIDATED_DIRS or rel.name.startswith("."):
             continue
-        if rel.parts[0] in {"README", "CHANGES", "LICENSE"} or rel.name in {"README.md", "README.txt"}:
+        if rel.parts[0] in {"README", "CHANGES", "LICENSE"} or rel.name in {
+            "README.md",
+            "README.txt",
+        }:
             continue
         if not validator.is_bids("/" + rel.as_posix()):
             bad.append("/" + rel.as_posix())
@@ -81,7 +84,8 @@ def check_bids_dir(bids_dir: str | os.PathLike[str], *, validate: bool = True):
         if bad:
             more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
             raise BIDSError(
-                f"file {bad[0]!r} is not valid BIDS{more}; fix it or pass --skip-bids-validation", root
+                f"file {bad[0]!r} is not valid BIDS{more}; fix it or pass --skip-bids-validation",
+                root,
             )
     layout = BIDSLayout(str(root), validate=False)
     if not layout.get_subjects():
@@ -109,7 +113,9 @@ def select_participants(layout, labels: Iterable[str] | None) -> list[str]:
 
 def find_one(layout, subject: str, **filters) -> Path:
     """The single file of ``subject`` matching pybids ``filters``; error if none."""
-    files = layout.get(subject=subject, return_type="file", extension=[".nii", ".nii.gz"], **filters)
+    files = layout.get(
+        subject=subject, return_type="file", extension=[".nii", ".nii.gz"], **filters
+    )
     if not files:
         what = ", ".join(f"{k}={v}" for k, v in filters.items())
         raise InputError(f"sub-{subject} has no file with {what}", layout.root)
@@ -128,8 +134,12 @@ def bold_files(layout, subject: str, task: str | None = "rest") -> list[Path]:
     filters = {"suffix": "bold", "datatype": "func"}
     if task:
         filters["task"] = task
-    return [Path(f) for f in layout.get(subject=subject, return_type="file",
-                                          extension=[".nii", ".nii.gz"], **filters)]
+    return [
+        Path(f)
+        for f in layout.get(
+            subject=subject, return_type="file", extension=[".nii", ".nii.gz"], **filters
+        )
+    ]
 
 
 def read_participants(bids_dir: str | os.PathLike[str]) -> pd.DataFrame:
@@ -145,8 +155,11 @@ def read_participants(bids_dir: str | os.PathLike[str]) -> pd.DataFrame:
     return table
 
 
-def init_derivatives(output_dir: str | os.PathLike[str], bids_dir: str | os.PathLike[str] | None,
-                     config_summary: dict | None = None) -> Path:
+def init_derivatives(
+    output_dir: str | os.PathLike[str],
+    bids_dir: str | os.PathLike[str] | None,
+    config_summary: dict | None = None,
+) -> Path:
     """Create the output BIDS-Derivatives dataset and its ``dataset_description.json``."""
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -154,11 +167,13 @@ def init_derivatives(output_dir: str | os.PathLike[str], bids_dir: str | os.Path
         "Name": "symprep derivatives",
         "BIDSVersion": "1.9.0",
         "DatasetType": "derivative",
-        "GeneratedBy": [{
-            "Name": "symprep",
-            "Version": __version__,
-            "Description": "Preprocessing whose steps are invariance steps, with invariance audits.",
-        }],
+        "GeneratedBy": [
+            {
+                "Name": "symprep",
+                "Version": __version__,
+                "Description": "Preprocessing whose steps are invariance steps, with invariance audits.",
+            }
+        ],
     }
     if bids_dir is not None:
         description["SourceDatasets"] = [{"URL": Path(bids_dir).resolve().as_uri()}]

@@ -18,8 +18,27 @@ from pipeline.errors import ParticipantError
 
 #: entity order from the BIDS specification (the subset symprep writes)
 ENTITY_ORDER = (
-    "sub", "ses", "task", "acq", "ce", "rec", "dir", "run", "echo", "from", "to", "mode",
-    "space", "cohort", "res", "den", "atlas", "roi", "label", "meas", "desc",
+    "sub",
+    "ses",
+    "task",
+    "acq",
+    "ce",
+    "rec",
+    "dir",
+    "run",
+    "echo",
+    "from",
+    "to",
+    "mode",
+    "space",
+    "cohort",
+    "res",
+    "den",
+    "atlas",
+    "roi",
+    "label",
+    "meas",
+    "desc",
 )
 _LABEL = re.compile(r"^[A-Za-z0-9]+$")
 

@@ -38,7 +38,9 @@ SUBCOMMANDS = {
 def _common_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--version", action="version", version=f"symprep {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)")
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)"
+    )
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
 
 
@@ -53,15 +55,27 @@ def build_bids_app_parser() -> argparse.ArgumentParser:
     parser.add_argument("bids_dir", help="input BIDS dataset")
     parser.add_argument("output_dir", help="output BIDS-Derivatives dataset")
     parser.add_argument("analysis_level", choices=["participant", "group"], help="processing stage")
-    parser.add_argument("--participant-label", "--participant_label", nargs="+", default=None,
-                        metavar="LABEL", help="participants to process ('01' or 'sub-01'); default all")
+    parser.add_argument(
+        "--participant-label",
+        "--participant_label",
+        nargs="+",
+        default=None,
+        metavar="LABEL",
+        help="participants to process ('01' or 'sub-01'); default all",
+    )
     parser.add_argument("--config", default=None, help="YAML configuration (see `symprep config`)")
     parser.add_argument("--work-dir", "-w", default=None, help="Nipype work directory (cache)")
     parser.add_argument("--nprocs", "--nthreads", type=int, default=None, help="CPU cores to use")
     parser.add_argument("--mem-gb", type=float, default=None, help="memory limit in GB")
-    parser.add_argument("--seed", type=int, default=None, help="random seed (same seed, same outputs)")
-    parser.add_argument("--skip-bids-validation", action="store_true", default=None,
-                        help="do not validate the input dataset")
+    parser.add_argument(
+        "--seed", type=int, default=None, help="random seed (same seed, same outputs)"
+    )
+    parser.add_argument(
+        "--skip-bids-validation",
+        action="store_true",
+        default=None,
+        help="do not validate the input dataset",
+    )
     _common_flags(parser)
     return parser
 
@@ -76,12 +90,36 @@ def build_subcommand_parser(name: str) -> tuple[argparse.ArgumentParser, object]
     return parser, module
 
 
+class _StderrHandler(logging.StreamHandler):
+    """A stream handler that always writes to the current ``sys.stderr`` (which tests replace)."""
+
+    @property
+    def stream(self):  # noqa: D102
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def setup_logging(verbose: int = 0, quiet: bool = False) -> None:
     """Log to stderr: INFO by default, DEBUG with -vv, WARNING with --quiet."""
     level = logging.WARNING if quiet else logging.DEBUG if verbose >= 2 else logging.INFO
-    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s: %(message)s",
-                        datefmt="%H:%M:%S", stream=sys.stderr, force=True)
-    for noisy in ("nipype.workflow", "nipype.interface", "nipype.utils", "distributed", "bids"):
+    handler = _StderrHandler()
+    handler.setFormatter(
+        logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s", datefmt="%H:%M:%S")
+    )
+    logging.basicConfig(level=level, handlers=[handler], force=True)
+    for noisy in (
+        "nipype.workflow",
+        "nipype.interface",
+        "nipype.utils",
+        "distributed",
+        "bids",
+        "bidsschematools",
+        "matplotlib",
+        "fsspec",
+    ):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
 
 

@@ -34,13 +34,16 @@ class Config(StrictOptions):
         None, description="Input BIDS dataset (the command line's BIDS_DIR overrides it)."
     )
     output_dir: str | None = Field(
-        None, description="Output BIDS-Derivatives dataset (the command line's OUTPUT_DIR overrides it)."
+        None,
+        description="Output BIDS-Derivatives dataset (the command line's OUTPUT_DIR overrides it).",
     )
     work_dir: str | None = Field(
-        None, description="Nipype work directory (caches intermediate results); default OUTPUT_DIR/../work."
+        None,
+        description="Nipype work directory (caches intermediate results); default OUTPUT_DIR/../work.",
     )
     participant_label: list[str] = Field(
-        default_factory=list, description="Participants to process ('01' or 'sub-01'); empty means all."
+        default_factory=list,
+        description="Participants to process ('01' or 'sub-01'); empty means all.",
     )
     skip_bids_validation: bool = Field(
         False, description="Skip the BIDS validation of the input dataset (pybids' validator)."
@@ -49,7 +52,9 @@ class Config(StrictOptions):
     nprocs: int | None = Field(
         None, ge=1, description="CPU cores per subject job (null: all cores of the machine)."
     )
-    mem_gb: float | None = Field(None, gt=0, description="Memory limit per subject job in GB (null: no limit).")
+    mem_gb: float | None = Field(
+        None, gt=0, description="Memory limit per subject job in GB (null: no limit)."
+    )
     anat: AnatOptions = Field(default_factory=AnatOptions, description=AnatOptions.__doc__)
     gauge: GaugeOptions = Field(default_factory=GaugeOptions, description=GaugeOptions.__doc__)
     models: ModelOptions = Field(default_factory=ModelOptions, description=ModelOptions.__doc__)
@@ -63,12 +68,16 @@ def _format_error(err: dict[str, Any]) -> str:
     return f"key {key!r}: {err['msg'].rstrip('.')} (got {value!r})"
 
 
-def validate_config(data: dict[str, Any] | None, source: str | os.PathLike[str] = "<config>") -> Config:
+def validate_config(
+    data: dict[str, Any] | None, source: str | os.PathLike[str] = "<config>"
+) -> Config:
     """Validate a configuration mapping; raise a one-line :class:`ConfigError` naming the key."""
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ConfigError(f"the configuration must be a mapping of keys, got {type(data).__name__}", source)
+        raise ConfigError(
+            f"the configuration must be a mapping of keys, got {type(data).__name__}", source
+        )
     try:
         return Config.model_validate(data)
     except ValidationError as exc:
@@ -107,7 +116,9 @@ def load_config(path: str | os.PathLike[str] | None = None, **overrides: Any) ->
             where = f" at line {mark.line + 1}" if mark is not None else ""
             raise ConfigError(f"invalid YAML{where}", path) from None
         if not isinstance(data, dict):
-            raise ConfigError(f"the configuration must be a mapping of keys, got {type(data).__name__}", path)
+            raise ConfigError(
+                f"the configuration must be a mapping of keys, got {type(data).__name__}", path
+            )
     data = {**data, **{k: v for k, v in overrides.items() if v is not None}}
     return validate_config(data, source)
 
@@ -125,7 +136,9 @@ def _render_model(model: type[BaseModel], values: BaseModel, indent: int) -> lis
         description = (field.description or "").strip()
         if isinstance(value, BaseModel):
             lines.append("")
-            lines.extend(f"{pad}# {line.strip()}" for line in description.splitlines() if line.strip())
+            lines.extend(
+                f"{pad}# {line.strip()}" for line in description.splitlines() if line.strip()
+            )
             lines.append(f"{pad}{name}:")
             lines.extend(_render_model(type(value), value, indent + 1))
             continue
@@ -142,4 +155,6 @@ def render_config_yaml() -> str:
         "# Generated from pipeline/config.py by `symprep config`; edit a copy, not this file.",
         "# Unknown keys and wrong types are rejected, naming the key.",
     ]
-    return "\n".join([*header, *_render_model(Config, Config(), 0)]).replace("\n\n\n", "\n\n") + "\n"
+    return (
+        "\n".join([*header, *_render_model(Config, Config(), 0)]).replace("\n\n\n", "\n\n") + "\n"
+    )

@@ -33,8 +33,14 @@ def participant_status(output_dir: Path, subjects: list[str]) -> pd.DataFrame:
             rows.append({"participant": sub, "status": "ok", "stage": "", "error": ""})
         elif bad.exists():
             record = read_json(bad)
-            rows.append({"participant": sub, "status": "failed", "stage": record.get("stage", ""),
-                         "error": record.get("error", "")})
+            rows.append(
+                {
+                    "participant": sub,
+                    "status": "failed",
+                    "stage": record.get("stage", ""),
+                    "error": record.get("error", ""),
+                }
+            )
         else:
             rows.append({"participant": sub, "status": "missing", "stage": "", "error": ""})
     return pd.DataFrame(rows).set_index("participant")
@@ -49,8 +55,15 @@ def gm_features(output_dir: Path, subjects: list[str], resolution: int) -> pd.Da
     mask = load_template(resolution).mask.get_fdata() > 0
     rows = {}
     for sub in subjects:
-        path = derivative_path(output_dir, sub, "anat", space="MNI152NLin2009aSym", res=resolution,
-                               label="GM", suffix="probseg")
+        path = derivative_path(
+            output_dir,
+            sub,
+            "anat",
+            space="MNI152NLin2009aSym",
+            res=resolution,
+            label="GM",
+            suffix="probseg",
+        )
         if path.exists():
             rows[sub] = np.asarray(nib.load(path).dataobj, dtype=np.float32)[mask]
     if not rows:
@@ -58,16 +71,24 @@ def gm_features(output_dir: Path, subjects: list[str], resolution: int) -> pd.Da
     return pd.DataFrame.from_dict(rows, orient="index")
 
 
-def run_group(bids_dir: str | os.PathLike[str], output_dir: str | os.PathLike[str],
-              subjects: list[str], config: Config) -> int:
+def run_group(
+    bids_dir: str | os.PathLike[str],
+    output_dir: str | os.PathLike[str],
+    subjects: list[str],
+    config: Config,
+) -> int:
     """Run the group level; return 1 when subjects had to be left out, else 0."""
     output_dir = Path(output_dir)
     group_dir = output_dir / "group"
     status = participant_status(output_dir, subjects)
     write_text(group_dir / "participants_status.tsv", status.to_csv(sep="\t"))
     usable = status.index[status.status == "ok"].tolist()
-    summary: dict = {"n_subjects": len(subjects), "n_usable": len(usable),
-                     "left_out": status.index[status.status != "ok"].tolist(), "stages": {}}
+    summary: dict = {
+        "n_subjects": len(subjects),
+        "n_usable": len(usable),
+        "left_out": status.index[status.status != "ok"].tolist(),
+        "stages": {},
+    }
     participants = read_participants(bids_dir).reindex(usable)
     if config.gauge.enabled and config.anat.enabled:
         summary["stages"]["harmonization"] = _harmonize(output_dir, usable, participants, config)
@@ -77,8 +98,9 @@ def run_group(bids_dir: str | os.PathLike[str], output_dir: str | os.PathLike[st
     return 1 if summary["left_out"] else 0
 
 
-def _harmonize(output_dir: Path, subjects: list[str], participants: pd.DataFrame,
-               config: Config) -> dict:
+def _harmonize(
+    output_dir: Path, subjects: list[str], participants: pd.DataFrame, config: Config
+) -> dict:
     from pipeline import gauge
 
     if not hasattr(gauge, "run_harmonization"):
@@ -88,6 +110,14 @@ def _harmonize(output_dir: Path, subjects: list[str], participants: pd.DataFrame
     features = gm_features(output_dir, subjects, config.anat.resolution)
     if features.empty:
         return {"status": "skipped", "reason": "no template-space GM maps"}
-    result = gauge.run_harmonization(features, participants.loc[features.index], config.gauge,
-                                     output_dir / "group" / "harmonization", seed=config.seed)
-    return {"status": "ok", **{k: v for k, v in result.items() if np.isscalar(v) or isinstance(v, str)}}
+    result = gauge.run_harmonization(
+        features,
+        participants.loc[features.index],
+        config.gauge,
+        output_dir / "group" / "harmonization",
+        seed=config.seed,
+    )
+    return {
+        "status": "ok",
+        **{k: v for k, v in result.items() if np.isscalar(v) or isinstance(v, str)},
+    }

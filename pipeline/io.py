@@ -54,7 +54,7 @@ def load_image(path: str | os.PathLike[str]) -> nib.Nifti1Image:
         np.asanyarray(img.dataobj)
     except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
         raise ImageError(f"truncated or corrupt compressed data ({exc})", path) from exc
-    except nib.filebasedimages.ImageFileError as exc:
+    except (nib.filebasedimages.ImageFileError, nib.spatialimages.HeaderDataError) as exc:
         raise ImageError(f"not a readable NIfTI image ({exc})", path) from exc
     except (OSError, ValueError) as exc:
         raise ImageError(f"cannot read image data ({exc})", path) from exc
@@ -120,7 +120,9 @@ def check_image(
         shape = shape[:-1]
     if len(shape) not in accepted:
         want = " or ".join(f"{n}-D" for n in accepted)
-        raise ImageError(f"image is {len(img.shape)}-D with shape {tuple(img.shape)}, expected {want}", name)
+        raise ImageError(
+            f"image is {len(img.shape)}-D with shape {tuple(img.shape)}, expected {want}", name
+        )
     if shape != img.shape:
         img = nib.Nifti1Image(np.asanyarray(img.dataobj).reshape(shape), img.affine, img.header)
     if len(shape) < 3 or min(shape[:3]) < 2:
@@ -134,7 +136,11 @@ def check_image(
             name,
         )
     data = np.asanyarray(img.dataobj)
-    if not allow_nonfinite and np.issubdtype(data.dtype, np.floating) and not np.all(np.isfinite(data)):
+    if (
+        not allow_nonfinite
+        and np.issubdtype(data.dtype, np.floating)
+        and not np.all(np.isfinite(data))
+    ):
         n_bad = int(np.size(data) - np.count_nonzero(np.isfinite(data)))
         raise ImageError(f"image contains {n_bad} NaN or Inf voxels", name)
     if not allow_constant and data.size and np.nanmin(data) == np.nanmax(data):
@@ -153,7 +159,9 @@ def atomic_path(dest: str | os.PathLike[str]) -> Iterator[Path]:
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     suffix = "".join(dest.suffixes) or ".tmp"
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name.split('.')[0]}.", suffix=suffix)
+    fd, tmp = tempfile.mkstemp(
+        dir=dest.parent, prefix=f".{dest.name.split('.')[0]}.", suffix=suffix
+    )
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -190,7 +198,9 @@ def _json_default(obj: Any) -> Any:
 
 def write_json(dest: str | os.PathLike[str], obj: Any) -> Path:
     """Write ``obj`` as indented JSON atomically (numpy scalars and arrays are converted)."""
-    return write_text(dest, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+    return write_text(
+        dest, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n"
+    )
 
 
 def read_json(path: str | os.PathLike[str]) -> Any:

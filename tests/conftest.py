@@ -9,8 +9,12 @@ import numpy as np
 import pytest
 
 # two cores: keep BLAS / torch / ITK from oversubscribing
-for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
-             "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"):
+for _var in (
+    "OMP_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS",
+):
     os.environ.setdefault(_var, "2")
 
 
@@ -18,7 +22,7 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
 def _seed_everything():
     """Seed Python, numpy and (when imported) torch before every test."""
     random.seed(0)
-    np.random.seed(0)
+    np.random.seed(0)  # noqa: NPY002 (legacy global state, for code that uses it)
     try:
         import torch
     except ImportError:  # pragma: no cover - torch is a dependency
@@ -30,3 +34,27 @@ def _seed_everything():
 def rng() -> np.random.Generator:
     """A seeded numpy Generator."""
     return np.random.default_rng(0)
+
+
+TINY_SPEC = dict(
+    sites=2, subjects_per_site=1, resolution=4.0, bold_resolution=6.0, n_volumes=12, seed=3
+)
+
+
+@pytest.fixture(scope="session")
+def tiny_spec() -> dict:
+    """Parameters of the ``tiny_bids`` dataset (for :class:`pipeline.data.demo.DemoSpec`)."""
+    return dict(TINY_SPEC)
+
+
+@pytest.fixture(scope="session")
+def tiny_bids(tmp_path_factory):
+    """A tiny synthetic BIDS dataset (2 sites × 1 subject, 4 mm T1w, 6 mm BOLD), made once per session.
+
+    Treat it as read-only; copy it (``shutil.copytree``) before changing anything.
+    """
+    from pipeline.data.demo import DemoSpec, make_demo_dataset
+
+    return make_demo_dataset(
+        tmp_path_factory.mktemp("tiny") / "bids", DemoSpec(**TINY_SPEC), progress=False
+    )

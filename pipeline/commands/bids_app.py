@@ -13,8 +13,12 @@ logger = logging.getLogger(__name__)
 
 
 def _threads(nprocs: int) -> None:
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
-                "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"):
+    for var in (
+        "OMP_NUM_THREADS",
+        "OPENBLAS_NUM_THREADS",
+        "MKL_NUM_THREADS",
+        "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS",
+    ):
         os.environ[var] = str(nprocs)
 
 
@@ -24,9 +28,15 @@ def run(args: argparse.Namespace) -> int:
     from pipeline.config import load_config
 
     config = load_config(
-        args.config, bids_dir=args.bids_dir, output_dir=args.output_dir, work_dir=args.work_dir,
-        participant_label=args.participant_label, nprocs=args.nprocs, mem_gb=args.mem_gb,
-        seed=args.seed, skip_bids_validation=args.skip_bids_validation,
+        args.config,
+        bids_dir=args.bids_dir,
+        output_dir=args.output_dir,
+        work_dir=args.work_dir,
+        participant_label=args.participant_label,
+        nprocs=args.nprocs,
+        mem_gb=args.mem_gb,
+        seed=args.seed,
+        skip_bids_validation=args.skip_bids_validation,
     )
     bids_dir = Path(config.bids_dir)
     output_dir = Path(config.output_dir)

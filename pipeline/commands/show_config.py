@@ -8,10 +8,15 @@ import sys
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register the subcommand."""
-    p = subparsers.add_parser("config", help="print the default configuration or check a file",
-                              description=__doc__)
-    p.add_argument("--check", metavar="FILE", default=None,
-                   help="validate FILE and print it with defaults filled in")
+    p = subparsers.add_parser(
+        "config", help="print the default configuration or check a file", description=__doc__
+    )
+    p.add_argument(
+        "--check",
+        metavar="FILE",
+        default=None,
+        help="validate FILE and print it with defaults filled in",
+    )
     return p
 
 

@@ -49,7 +49,11 @@ from pipeline.io import save_image, write_json, write_text
 logger = logging.getLogger(__name__)
 
 #: storage orientations cycled over sites (axis codes of the stored voxel array)
-SITE_ORIENTATIONS: tuple[tuple[str, str, str], ...] = (("R", "A", "S"), ("L", "P", "S"), ("A", "S", "R"))
+SITE_ORIENTATIONS: tuple[tuple[str, str, str], ...] = (
+    ("R", "A", "S"),
+    ("L", "P", "S"),
+    ("A", "S", "R"),
+)
 #: planted atrophy: centre (MNI mm, left medial temporal lobe), Gaussian sigma (mm), strength
 DIAGNOSIS_CENTRE_MM = (-26.0, -22.0, -14.0)
 DIAGNOSIS_SIGMA_MM = 7.0
@@ -130,7 +134,9 @@ def pose_matrix(rotation: np.ndarray, translation: np.ndarray, centre: np.ndarra
     return mat
 
 
-def stored_grid(fov_mm: np.ndarray, voxel_mm: np.ndarray, axcodes: tuple[str, str, str]) -> tuple[tuple[int, ...], np.ndarray]:
+def stored_grid(
+    fov_mm: np.ndarray, voxel_mm: np.ndarray, axcodes: tuple[str, str, str]
+) -> tuple[tuple[int, ...], np.ndarray]:
     """Shape and affine of a grid centred on the scanner origin, stored with axis codes ``axcodes``.
 
     The RAS grid has ``voxel_mm`` along R, A, S; storing it as ``axcodes`` permutes/flips the voxel
@@ -158,7 +164,9 @@ def voxel_world_coords(shape: tuple[int, ...], affine: np.ndarray) -> np.ndarray
 # --------------------------------------------------------------------------- anatomy
 
 
-def velocity_field(rng: np.random.Generator, template: Template, amplitude_mm: float, spacing_mm: float = 16.0) -> nib.Nifti1Image:
+def velocity_field(
+    rng: np.random.Generator, template: Template, amplitude_mm: float, spacing_mm: float = 16.0
+) -> nib.Nifti1Image:
     """A random stationary velocity field on a coarse grid covering the template (mm, RAS)."""
     shape_t = np.array(template.t1w.shape)
     zooms = np.array(template.t1w.header.get_zooms()[:3])
@@ -184,8 +192,9 @@ def trilinear(volumes: np.ndarray, vox: np.ndarray, fill: float = 0.0) -> np.nda
     pts = torch.from_numpy(np.ascontiguousarray(vox.reshape(3, -1)[::-1].T)).to(vols.dtype)
     grid = (2.0 * pts / (size - 1) - 1.0).reshape(1, 1, 1, -1, 3)
     padding = "border" if fill == "border" else "zeros"
-    out = torch.nn.functional.grid_sample(vols[None], grid, mode="bilinear", padding_mode=padding,
-                                          align_corners=True)[0, :, 0, 0]
+    out = torch.nn.functional.grid_sample(
+        vols[None], grid, mode="bilinear", padding_mode=padding, align_corners=True
+    )[0, :, 0, 0]
     return out.numpy().reshape(volumes.shape[0], *vox.shape[1:])
 
 
@@ -212,7 +221,9 @@ def coarse_grid(image: nib.Nifti1Image, factor: int = 2) -> nib.Nifti1Image:
     return nib.Nifti1Image(np.zeros(shape, dtype=np.uint8), affine)
 
 
-def displacement_from_velocity(velocity: nib.Nifti1Image, grid: nib.Nifti1Image, sign: float = 1.0, steps: int = 6) -> Displacement:
+def displacement_from_velocity(
+    velocity: nib.Nifti1Image, grid: nib.Nifti1Image, sign: float = 1.0, steps: int = 6
+) -> Displacement:
     """Displacement field of :math:`\\exp(\\pm v)` on ``grid`` (mm).
 
     The velocity is interpolated trilinearly onto the grid and integrated by scaling and squaring:
@@ -230,7 +241,9 @@ def displacement_from_velocity(velocity: nib.Nifti1Image, grid: nib.Nifti1Image,
 
 def warp_points(points_mm: np.ndarray, displacement: Displacement) -> np.ndarray:
     """Apply :math:`\\varphi(x) = x + u(x)` to points (3, ...)."""
-    disp = trilinear(displacement.field, world_to_voxel(points_mm, displacement.affine), fill="border")
+    disp = trilinear(
+        displacement.field, world_to_voxel(points_mm, displacement.affine), fill="border"
+    )
     return points_mm + disp
 
 
@@ -250,7 +263,9 @@ def subject_template_t1w(template: Template, diagnosis: str) -> np.ndarray:
     return t1 + DIAGNOSIS_STRENGTH * planted_atrophy(template) * (csf_level - t1)
 
 
-def sample_in_template(images: np.ndarray, template: Template, points_mm: np.ndarray, displacement: Displacement) -> np.ndarray:
+def sample_in_template(
+    images: np.ndarray, template: Template, points_mm: np.ndarray, displacement: Displacement
+) -> np.ndarray:
     """Sample template-grid ``images`` (C, X, Y, Z) at :math:`\\varphi(x) = x + u(x)` for points ``x`` (3, ...)."""
     warped = warp_points(points_mm, displacement)
     return trilinear(images, world_to_voxel(warped, template.t1w.affine))
@@ -259,10 +274,17 @@ def sample_in_template(images: np.ndarray, template: Template, points_mm: np.nda
 # --------------------------------------------------------------------------- gauges
 
 
-def site_gauges(spec: DemoSpec, rng: np.random.Generator) -> list[dict[str, Any]]:
+def _stream(seed: int, *key: int) -> np.random.Generator:
+    """An independent random stream per (seed, purpose, index): adding sites or subjects leaves
+    the existing ones unchanged."""
+    return np.random.default_rng([seed, *key])
+
+
+def site_gauges(spec: DemoSpec) -> list[dict[str, Any]]:
     """Per-site scanner gauge: gain, contrast exponent, bias coefficients, noise, voxel size, FOV."""
     gauges = []
     for s in range(spec.sites):
+        rng = _stream(spec.seed, 1, s)
         scale = 1.0 + 0.1 * (s % 3)
         voxel = np.full(3, spec.resolution * scale)
         if s % 3 == 2:  # one anisotropic site: thicker slices
@@ -332,7 +354,9 @@ def network_signals(rng: np.random.Generator, times: np.ndarray, tr: float) -> n
     spectrum = np.fft.rfft(white, axis=0) * band[:, None]
     fine_signals = np.fft.irfft(spectrum, n=fine.size, axis=0)
     fine_signals /= fine_signals.std(axis=0, keepdims=True)
-    return np.stack([np.interp(times, fine, fine_signals[:, k]) for k in range(chol.shape[0])], axis=-1)
+    return np.stack(
+        [np.interp(times, fine, fine_signals[:, k]) for k in range(chol.shape[0])], axis=-1
+    )
 
 
 def motion_parameters(rng: np.random.Generator, n_volumes: int) -> pd.DataFrame:
@@ -341,12 +365,16 @@ def motion_parameters(rng: np.random.Generator, n_volumes: int) -> pd.DataFrame:
     Columns follow fMRIPrep: ``trans_x/y/z`` (mm), ``rot_x/y/z`` (rad), rotations about the scanner
     origin, applied as :math:`p \\mapsto R_t p + t_t` to the head at volume 0.
     """
-    steps = rng.normal(0.0, 1.0, size=(n_volumes, 6)) * np.array([0.05, 0.05, 0.08, 0.0008, 0.0008, 0.0006])
+    steps = rng.normal(0.0, 1.0, size=(n_volumes, 6)) * np.array(
+        [0.05, 0.05, 0.08, 0.0008, 0.0008, 0.0006]
+    )
     steps[0] = 0.0
     for jerk in rng.choice(np.arange(n_volumes // 3, n_volumes), size=2, replace=False):
         steps[jerk] += rng.normal(0.0, 1.0, size=6) * np.array([0.4, 0.4, 0.6, 0.006, 0.006, 0.004])
     params = np.cumsum(steps, axis=0)
-    return pd.DataFrame(params, columns=["trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z"])
+    return pd.DataFrame(
+        params, columns=["trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z"]
+    )
 
 
 def motion_matrix(row: pd.Series) -> np.ndarray:
@@ -399,8 +427,13 @@ class SubjectTruth:
             "pose": {
                 "convention": "RAS mm; template point x lies at scanner point p = R (x - c) + c + t",
                 "rotation_matrix": self.rotation.round(10).tolist(),
-                "rotation_vector_rad": Rotation.from_matrix(self.rotation).as_rotvec().round(10).tolist(),
-                "rotation_angle_deg": float(np.degrees(Rotation.from_matrix(self.rotation).magnitude())),
+                "rotation_vector_rad": Rotation.from_matrix(self.rotation)
+                .as_rotvec()
+                .round(10)
+                .tolist(),
+                "rotation_angle_deg": float(
+                    np.degrees(Rotation.from_matrix(self.rotation).magnitude())
+                ),
                 "translation_mm": self.translation.round(6).tolist(),
                 "centre_mm": self.centre.round(6).tolist(),
                 "template_to_scanner": self.template_to_scanner.round(10).tolist(),
@@ -415,13 +448,23 @@ def brain_centre(template: Template) -> np.ndarray:
     return template.mask.affine[:3, :3] @ com + template.mask.affine[:3, 3]
 
 
-def generate_t1w(truth: SubjectTruth, gauge: dict[str, Any], template: Template, anatomy: np.ndarray,
-                 displacement: Displacement, rng: np.random.Generator) -> tuple[nib.Nifti1Image, nib.Nifti1Image]:
+def generate_t1w(
+    truth: SubjectTruth,
+    gauge: dict[str, Any],
+    template: Template,
+    anatomy: np.ndarray,
+    displacement: Displacement,
+    rng: np.random.Generator,
+) -> tuple[nib.Nifti1Image, nib.Nifti1Image]:
     """The posed, gauged T1w in its site's storage, and the un-posed noise-free one on the template grid."""
-    shape, affine = stored_grid(np.array(gauge["t1w_fov_mm"]), np.array(gauge["t1w_voxel_mm"]), tuple(gauge["orientation"]))
+    shape, affine = stored_grid(
+        np.array(gauge["t1w_fov_mm"]), np.array(gauge["t1w_voxel_mm"]), tuple(gauge["orientation"])
+    )
     world = voxel_world_coords(shape, affine)
     to_template = np.linalg.inv(truth.template_to_scanner)
-    points = (to_template[:3, :3] @ world.reshape(3, -1) + to_template[:3, 3:4]).reshape(world.shape)
+    points = (to_template[:3, :3] @ world.reshape(3, -1) + to_template[:3, 3:4]).reshape(
+        world.shape
+    )
     clean = sample_in_template(anatomy[None], template, points, displacement)[0]
     ref_max = float(np.percentile(anatomy[anatomy > 0], 99))
     gauged = apply_gauge(clean, gauge, ref_max) * bias_field(world, gauge["bias_coefficients"])
@@ -430,16 +473,28 @@ def generate_t1w(truth: SubjectTruth, gauge: dict[str, Any], template: Template,
     _set_scanner_codes(img)
     # un-posed reference: same anatomy and monotone gauge, template grid, no bias field, no noise
     grid = voxel_world_coords(template.t1w.shape, template.t1w.affine)
-    unposed = apply_gauge(sample_in_template(anatomy[None], template, grid, displacement)[0], gauge, ref_max)
+    unposed = apply_gauge(
+        sample_in_template(anatomy[None], template, grid, displacement)[0], gauge, ref_max
+    )
     return img, nib.Nifti1Image(unposed.astype(np.float32), template.t1w.affine)
 
 
-def generate_bold(truth: SubjectTruth, gauge: dict[str, Any], spec: DemoSpec, template: Template,
-                  displacement: Displacement, motion: pd.DataFrame, rng: np.random.Generator
-                  ) -> tuple[nib.Nifti1Image, list[float], np.ndarray]:
+def generate_bold(
+    truth: SubjectTruth,
+    gauge: dict[str, Any],
+    spec: DemoSpec,
+    template: Template,
+    displacement: Displacement,
+    motion: pd.DataFrame,
+    rng: np.random.Generator,
+) -> tuple[nib.Nifti1Image, list[float], np.ndarray]:
     """The BOLD run (stored like the site's T1w), its SliceTiming, and the region signals."""
     tr, n_vol = spec.repetition_time, spec.n_volumes
-    shape, affine = stored_grid(np.array(gauge["bold_fov_mm"]), np.array(gauge["bold_voxel_mm"]), tuple(gauge["orientation"]))
+    shape, affine = stored_grid(
+        np.array(gauge["bold_fov_mm"]),
+        np.array(gauge["bold_voxel_mm"]),
+        tuple(gauge["orientation"]),
+    )
     slice_times = interleaved_slice_timing(shape[2], tr)
     # baseline T2*-weighted contrast and region maps, warped once into the subject's head frame
     baseline = sum(TISSUE_T2STAR[t] * getattr(template, t).get_fdata() for t in ("gm", "wm", "csf"))
@@ -448,7 +503,9 @@ def generate_bold(truth: SubjectTruth, gauge: dict[str, Any], spec: DemoSpec, te
     for _, reg in NETWORK_REGIONS.iterrows():
         r2 = (world_t[0] - reg.x) ** 2 + (world_t[1] - reg.y) ** 2 + (world_t[2] - reg.z) ** 2
         maps.append(np.exp(-r2 / (2 * (REGION_RADIUS_MM / 2) ** 2)) * template.gm.get_fdata())
-    head_maps = sample_in_template(np.stack(maps).astype(np.float32), template, world_t, displacement)
+    head_maps = sample_in_template(
+        np.stack(maps).astype(np.float32), template, world_t, displacement
+    )
     acq_times = np.arange(n_vol)[:, None] * tr + np.asarray(slice_times)[None, :]
     signals = network_signals(rng, acq_times.ravel(), tr).reshape(n_vol, shape[2], -1)
     global_signal = network_signals(rng, np.arange(n_vol) * tr, tr)[:, 0]
@@ -488,11 +545,12 @@ def _set_scanner_codes(img: nib.Nifti1Image) -> None:
 # --------------------------------------------------------------------------- dataset
 
 
-def _participants(spec: DemoSpec, rng: np.random.Generator) -> pd.DataFrame:
+def _participants(spec: DemoSpec) -> pd.DataFrame:
     rows = []
     width = max(2, len(str(spec.sites * spec.subjects_per_site)))
     n = 0
     for s in range(spec.sites):
+        rng = _stream(spec.seed, 2, s)
         diagnoses = ["ASD", "TDC"] * ((spec.subjects_per_site + 1) // 2)
         rng.shuffle(diagnoses)
         for j in range(spec.subjects_per_site):
@@ -521,7 +579,9 @@ PARTICIPANTS_JSON = {
 }
 
 
-def make_demo_dataset(out_dir: str | os.PathLike[str], spec: DemoSpec | None = None, *, progress: bool = True) -> Path:
+def make_demo_dataset(
+    out_dir: str | os.PathLike[str], spec: DemoSpec | None = None, *, progress: bool = True
+) -> Path:
     """Write the synthetic BIDS dataset described by ``spec`` to ``out_dir``.
 
     Parameters
@@ -541,94 +601,148 @@ def make_demo_dataset(out_dir: str | os.PathLike[str], spec: DemoSpec | None = N
     spec = spec or DemoSpec()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(spec.seed)
     template = load_template(2 if spec.resolution >= 1.5 else 1)
     centre = brain_centre(template)
-    gauges = site_gauges(spec, rng)
-    participants = _participants(spec, rng)
+    gauges = site_gauges(spec)
+    participants = _participants(spec)
     truth_dir = out / "sourcedata" / "groundtruth"
-    subject_seeds = rng.integers(0, 2**31 - 1, size=len(participants))
+    subject_seeds = [
+        int(_stream(spec.seed, 3, n).integers(0, 2**31 - 1)) for n in range(len(participants))
+    ]
 
-    write_json(out / "dataset_description.json", {
-        "Name": "symprep synthetic multi-site demo",
-        "BIDSVersion": "1.9.0",
-        "DatasetType": "raw",
-        "License": "CC0",
-        "Authors": ["symprep"],
-        "GeneratedBy": [{"Name": "symprep demo-data", "Version": __version__}],
-        "HowToAcknowledge": "Built from the MNI152 2009a template (Fonov et al. 2011) shipped with nilearn.",
-    })
+    write_json(
+        out / "dataset_description.json",
+        {
+            "Name": "symprep synthetic multi-site demo",
+            "BIDSVersion": "1.9.0",
+            "DatasetType": "raw",
+            "License": "CC0",
+            "Authors": ["symprep"],
+            "GeneratedBy": [{"Name": "symprep demo-data", "Version": __version__}],
+            "HowToAcknowledge": "Built from the MNI152 2009a template (Fonov et al. 2011) shipped with nilearn.",
+        },
+    )
     write_text(out / "README", _readme(spec))
     write_text(out / "participants.tsv", participants.to_csv(sep="\t", index=False))
     write_json(out / "participants.json", PARTICIPANTS_JSON)
-    write_json(out / "task-rest_bold.json", {"TaskName": "rest", "RepetitionTime": spec.repetition_time})
+    write_json(
+        out / "task-rest_bold.json", {"TaskName": "rest", "RepetitionTime": spec.repetition_time}
+    )
     write_text(truth_dir / "sites.tsv", pd.DataFrame(gauges).to_csv(sep="\t", index=False))
     write_json(truth_dir / "sites.json", gauges)
     write_text(truth_dir / "network_regions.tsv", NETWORK_REGIONS.to_csv(sep="\t", index=False))
-    corr = pd.DataFrame(network_correlation(), index=NETWORK_REGIONS.region, columns=NETWORK_REGIONS.region)
+    corr = pd.DataFrame(
+        network_correlation(), index=NETWORK_REGIONS.region, columns=NETWORK_REGIONS.region
+    )
     write_text(truth_dir / "network_correlation.tsv", corr.to_csv(sep="\t"))
-    write_json(truth_dir / "diagnosis_effect.json", {
-        "centre_mm": DIAGNOSIS_CENTRE_MM, "sigma_mm": DIAGNOSIS_SIGMA_MM, "strength": DIAGNOSIS_STRENGTH,
-        "description": "ASD subjects: template GM intensity moved towards CSF by strength * gaussian * GM",
-    })
+    write_json(
+        truth_dir / "diagnosis_effect.json",
+        {
+            "centre_mm": DIAGNOSIS_CENTRE_MM,
+            "sigma_mm": DIAGNOSIS_SIGMA_MM,
+            "strength": DIAGNOSIS_STRENGTH,
+            "description": "ASD subjects: template GM intensity moved towards CSF by strength * gaussian * GM",
+        },
+    )
     write_json(truth_dir / "spec.json", {k: v for k, v in spec.__dict__.items()})
 
     site_of = {g["site"]: g for g in gauges}
-    bar = tqdm(participants.itertuples(index=False), total=len(participants), disable=not progress,
-               desc="demo subjects", unit="subject")
+    bar = tqdm(
+        participants.itertuples(index=False),
+        total=len(participants),
+        disable=not progress,
+        desc="demo subjects",
+        unit="subject",
+    )
     for row, sub_seed in zip(bar, subject_seeds, strict=True):
         _write_subject(out, spec, template, centre, row, site_of[row.site], int(sub_seed))
     logger.info("demo dataset with %d subjects written to %s", len(participants), out)
     return out
 
 
-def _write_subject(out: Path, spec: DemoSpec, template: Template, centre: np.ndarray, row: Any,
-                   gauge: dict[str, Any], seed: int) -> None:
+def _write_subject(
+    out: Path,
+    spec: DemoSpec,
+    template: Template,
+    centre: np.ndarray,
+    row: Any,
+    gauge: dict[str, Any],
+    seed: int,
+) -> None:
     rng = np.random.default_rng(seed)
     sub = row.participant_id
     truth = SubjectTruth(
-        participant_id=sub, site=row.site, age=row.age, sex=row.sex, diagnosis=row.diagnosis,
+        participant_id=sub,
+        site=row.site,
+        age=row.age,
+        sex=row.sex,
+        diagnosis=row.diagnosis,
         rotation=Rotation.random(random_state=rng).as_matrix(),
         translation=rng.uniform(-spec.max_translation_mm, spec.max_translation_mm, size=3),
-        centre=centre, seed=seed,
+        centre=centre,
+        seed=seed,
     )
     velocity = velocity_field(rng, template, spec.warp_amplitude_mm)
     displacement = displacement_from_velocity(velocity, coarse_grid(template.t1w, 2))
     anatomy = subject_template_t1w(template, row.diagnosis)
     t1w, unposed = generate_t1w(truth, gauge, template, anatomy, displacement, rng)
     motion = motion_parameters(rng, spec.n_volumes)
-    bold, slice_times, signals = generate_bold(truth, gauge, spec, template, displacement, motion, rng)
+    bold, slice_times, signals = generate_bold(
+        truth, gauge, spec, template, displacement, motion, rng
+    )
 
     anat = out / sub / "anat"
     func = out / sub / "func"
     save_image(t1w, anat / f"{sub}_T1w.nii.gz")
-    write_json(anat / f"{sub}_T1w.json", {
-        "Manufacturer": gauge["manufacturer"], "MagneticFieldStrength": 3,
-        "InstitutionName": gauge["site"], "MRAcquisitionType": "3D",
-    })
+    write_json(
+        anat / f"{sub}_T1w.json",
+        {
+            "Manufacturer": gauge["manufacturer"],
+            "MagneticFieldStrength": 3,
+            "InstitutionName": gauge["site"],
+            "MRAcquisitionType": "3D",
+        },
+    )
     save_image(bold, func / f"{sub}_task-rest_bold.nii.gz")
-    write_json(func / f"{sub}_task-rest_bold.json", {
-        "TaskName": "rest", "RepetitionTime": spec.repetition_time, "SliceTiming": slice_times,
-        "SliceEncodingDirection": "k", "Manufacturer": gauge["manufacturer"],
-        "InstitutionName": gauge["site"],
-    })
+    write_json(
+        func / f"{sub}_task-rest_bold.json",
+        {
+            "TaskName": "rest",
+            "RepetitionTime": spec.repetition_time,
+            "SliceTiming": slice_times,
+            "SliceEncodingDirection": "k",
+            "Manufacturer": gauge["manufacturer"],
+            "InstitutionName": gauge["site"],
+        },
+    )
     gt = out / "sourcedata" / "groundtruth" / sub
     record = truth.as_json()
-    record.update({
-        "gauge": gauge,
-        "anatomy": {
-            "velocity_field": f"{sub}_desc-velocity_field.nii.gz",
-            "convention": "subject(x) = template(phi(x)), phi = exp(v) by scaling and squaring (6 steps)",
-            "warp_amplitude_mm": spec.warp_amplitude_mm,
-        },
-        "bold": {"non_steady_state_volumes": DUMMY_SCANS, "repetition_time": spec.repetition_time},
-    })
+    record.update(
+        {
+            "gauge": gauge,
+            "anatomy": {
+                "velocity_field": f"{sub}_desc-velocity_field.nii.gz",
+                "convention": "subject(x) = template(phi(x)), phi = exp(v) by scaling and squaring (6 steps)",
+                "warp_amplitude_mm": spec.warp_amplitude_mm,
+            },
+            "bold": {
+                "non_steady_state_volumes": DUMMY_SCANS,
+                "repetition_time": spec.repetition_time,
+            },
+        }
+    )
     write_json(gt / f"{sub}_groundtruth.json", record)
     save_image(velocity, gt / f"{sub}_desc-velocity_field.nii.gz")
     save_image(unposed, gt / f"{sub}_space-MNI152NLin2009aSym_desc-unposed_T1w.nii.gz")
-    write_text(gt / f"{sub}_task-rest_desc-motion_timeseries.tsv", motion.to_csv(sep="\t", index=False, float_format="%.8f"))
+    write_text(
+        gt / f"{sub}_task-rest_desc-motion_timeseries.tsv",
+        motion.to_csv(sep="\t", index=False, float_format="%.8f"),
+    )
     regions = pd.DataFrame(signals, columns=NETWORK_REGIONS.region)
-    write_text(gt / f"{sub}_task-rest_desc-regions_timeseries.tsv", regions.to_csv(sep="\t", index=False, float_format="%.6f"))
+    write_text(
+        gt / f"{sub}_task-rest_desc-regions_timeseries.tsv",
+        regions.to_csv(sep="\t", index=False, float_format="%.6f"),
+    )
 
 
 def _readme(spec: DemoSpec) -> str:

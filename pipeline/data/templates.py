@@ -33,8 +33,9 @@ def _on_grid(img: nib.Nifti1Image, ref: nib.Nifti1Image, image_module) -> nib.Ni
     """``img`` on ``ref``'s grid (resampled only when the grids differ)."""
     if img.shape[:3] == ref.shape[:3] and np.allclose(img.affine, ref.affine):
         return img
-    return image_module.resample_to_img(img, ref, interpolation="continuous", force_resample=True,
-                                        copy_header=True)
+    return image_module.resample_to_img(
+        img, ref, interpolation="continuous", force_resample=True, copy_header=True
+    )
 
 
 @functools.lru_cache(maxsize=4)

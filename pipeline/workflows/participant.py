@@ -46,8 +46,9 @@ def failure_path(output_dir: str | os.PathLike[str], subject: str) -> Path:
     return Path(output_dir) / "logs" / f"sub-{subject}_failure.json"
 
 
-def run_participant(layout, subject: str, output_dir: Path, work_dir: Path, config: Config,
-                    nprocs: int) -> SubjectResult:
+def run_participant(
+    layout, subject: str, output_dir: Path, work_dir: Path, config: Config, nprocs: int
+) -> SubjectResult:
     """Run the enabled participant stages of one subject; never raises for that subject's errors."""
     start = time.monotonic()
     stage = "inputs"
@@ -60,31 +61,56 @@ def run_participant(layout, subject: str, output_dir: Path, work_dir: Path, conf
             from pipeline.workflows.anat import run_anat_stage
 
             anat_outputs = run_anat_stage(
-                t1w=t1w, subject=subject, output_dir=output_dir, work_dir=work_dir / f"sub-{subject}",
-                options=config.anat, seed=config.seed, nprocs=nprocs,
+                t1w=t1w,
+                subject=subject,
+                output_dir=output_dir,
+                work_dir=work_dir / f"sub-{subject}",
+                options=config.anat,
+                seed=config.seed,
+                nprocs=nprocs,
             )
             outputs.update({f"anat.{k}": str(v) for k, v in anat_outputs.items()})
     except SymprepError as exc:
         return _failed(output_dir, subject, stage, str(exc), None, start)
     except Exception as exc:  # a bug: record it with its traceback, go on with other subjects
-        return _failed(output_dir, subject, stage, f"{type(exc).__name__}: {exc}",
-                       traceback.format_exc(), start)
+        return _failed(
+            output_dir,
+            subject,
+            stage,
+            f"{type(exc).__name__}: {exc}",
+            traceback.format_exc(),
+            start,
+        )
     seconds = time.monotonic() - start
     failure_path(output_dir, subject).unlink(missing_ok=True)
-    write_json(status_path(output_dir, subject), {
-        "subject": f"sub-{subject}", "status": "ok", "symprep_version": __version__,
-        "seed": config.seed, "seconds": round(seconds, 1), "outputs": outputs,
-    })
+    write_json(
+        status_path(output_dir, subject),
+        {
+            "subject": f"sub-{subject}",
+            "status": "ok",
+            "symprep_version": __version__,
+            "seed": config.seed,
+            "seconds": round(seconds, 1),
+            "outputs": outputs,
+        },
+    )
     logger.info("sub-%s: participant stages done in %.0f s", subject, seconds)
     return SubjectResult(subject, True, outputs, seconds=seconds)
 
 
-def _failed(output_dir: Path, subject: str, stage: str, message: str, tb: str | None,
-            start: float) -> SubjectResult:
+def _failed(
+    output_dir: Path, subject: str, stage: str, message: str, tb: str | None, start: float
+) -> SubjectResult:
     seconds = time.monotonic() - start
     status_path(output_dir, subject).unlink(missing_ok=True)
-    record = {"subject": f"sub-{subject}", "status": "failed", "stage": stage, "error": message,
-              "symprep_version": __version__, "seconds": round(seconds, 1)}
+    record = {
+        "subject": f"sub-{subject}",
+        "status": "failed",
+        "stage": stage,
+        "error": message,
+        "symprep_version": __version__,
+        "seconds": round(seconds, 1),
+    }
     if tb:
         record["traceback"] = tb
     write_json(failure_path(output_dir, subject), record)
@@ -92,8 +118,9 @@ def _failed(output_dir: Path, subject: str, stage: str, message: str, tb: str | 
     return SubjectResult(subject, False, stage=stage, error=message, seconds=seconds)
 
 
-def run_participants(layout, subjects: list[str], output_dir: Path, work_dir: Path, config: Config,
-                     nprocs: int) -> list[SubjectResult]:
+def run_participants(
+    layout, subjects: list[str], output_dir: Path, work_dir: Path, config: Config, nprocs: int
+) -> list[SubjectResult]:
     """Run every subject in turn (a progress bar when there are several)."""
     from tqdm.auto import tqdm
 
