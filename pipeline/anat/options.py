@@ -14,9 +14,12 @@ class AnatOptions(StrictOptions):
 
     enabled: bool = Field(True, description="Run the anatomical stage.")
     template: Literal["MNI152NLin2009aSym"] = Field(
-        "MNI152NLin2009aSym", description="Target template (the MNI152 2009a symmetric template nilearn ships)."
+        "MNI152NLin2009aSym",
+        description="Target template (the MNI152 2009a symmetric template nilearn ships).",
     )
-    resolution: Literal[1, 2] = Field(2, description="Template resolution in mm for outputs in template space.")
+    resolution: Literal[1, 2] = Field(
+        2, description="Template resolution in mm for outputs in template space."
+    )
     registration_voxel_mm: float | None = Field(
         None,
         gt=0,
@@ -26,27 +29,49 @@ class AnatOptions(StrictOptions):
     n4: bool = Field(True, description="Run N4 bias-field correction before registration.")
     n4_shrink_factor: int = Field(4, ge=1, le=8, description="N4 shrink factor (higher is faster).")
     pose_search: bool = Field(
-        True, description="Search the whole rotation group for the initial pose (off: start from the header pose)."
+        True,
+        description="Search the whole rotation group for the initial pose (off: start from the header pose).",
     )
     pose_n_rotations: int = Field(
-        1500, ge=24, description="Rotations in the super-Fibonacci cover of SO(3) scored by the pose search."
+        1500,
+        ge=24,
+        description="Rotations in the super-Fibonacci cover of SO(3) scored by the pose search.",
     )
-    pose_coarse_mm: float = Field(8.0, gt=0, description="Voxel size (mm) of the global pose search grid.")
-    pose_fine_mm: float = Field(4.0, gt=0, description="Voxel size (mm) of the final pose refinement grid.")
-    pose_n_refine: int = Field(4, ge=1, description="Distinct best pose candidates refined locally.")
-    rigid_iterations: list[int] = Field([100, 50], description="ANTs rigid iterations per level.")
-    rigid_shrink_factors: list[int] = Field([4, 2], description="ANTs rigid shrink factors per level.")
-    rigid_smoothing_sigmas: list[float] = Field([2.0, 1.0], description="ANTs rigid smoothing (voxels) per level.")
-    affine_iterations: list[int] = Field([100, 50, 10], description="ANTs affine iterations per level.")
-    affine_shrink_factors: list[int] = Field([4, 2, 1], description="ANTs affine shrink factors per level.")
+    pose_coarse_mm: float = Field(
+        8.0, gt=0, description="Voxel size (mm) of the global pose search grid."
+    )
+    pose_fine_mm: float = Field(
+        4.0, gt=0, description="Voxel size (mm) of the final pose refinement grid."
+    )
+    pose_n_refine: int = Field(
+        4, ge=1, description="Distinct best pose candidates refined locally."
+    )
+    rigid_iterations: list[int] = Field([50, 25], description="ANTs rigid iterations per level.")
+    rigid_shrink_factors: list[int] = Field(
+        [2, 1], description="ANTs rigid shrink factors per level."
+    )
+    rigid_smoothing_sigmas: list[float] = Field(
+        [1.0, 0.0], description="ANTs rigid smoothing (voxels) per level."
+    )
+    affine_iterations: list[int] = Field(
+        [100, 50, 10], description="ANTs affine iterations per level."
+    )
+    affine_shrink_factors: list[int] = Field(
+        [4, 2, 1], description="ANTs affine shrink factors per level."
+    )
     affine_smoothing_sigmas: list[float] = Field(
         [2.0, 1.0, 0.0], description="ANTs affine smoothing (voxels) per level."
     )
     linear_sampling_rate: float = Field(
-        0.1, gt=0, le=1, description="Fraction of voxels sampled by the rigid/affine mutual-information metric."
+        0.1,
+        gt=0,
+        le=1,
+        description="Fraction of voxels sampled by the rigid/affine mutual-information metric.",
     )
     syn: bool = Field(True, description="Run the nonlinear SyN stage after the affine stage.")
-    syn_iterations: list[int] = Field([40, 20, 0], description="ANTs SyN iterations per level (shrink 4, 2, 1).")
+    syn_iterations: list[int] = Field(
+        [40, 20, 0], description="ANTs SyN iterations per level (shrink 4, 2, 1)."
+    )
     syn_metric: Literal["mattes", "CC"] = Field("mattes", description="ANTs SyN similarity metric.")
     stage_tolerance: float = Field(
         0.01,
@@ -55,18 +80,23 @@ class AnatOptions(StrictOptions):
         "information with the template by more than this (nats).",
     )
     tissue_method: Literal["atropos", "priors"] = Field(
-        "atropos",
+        "priors",
         description="GM/WM/CSF maps: ants.atropos with the template priors, or the template priors warped back.",
     )
     qc_min_mi: float = Field(
-        0.35, description="QC: minimum mutual information (nats) with the template inside its brain mask."
+        0.35,
+        description="QC: minimum mutual information (nats) with the template inside its brain mask.",
     )
     qc_min_rank_corr: float = Field(
         0.6, description="QC: minimum Spearman correlation with the template inside its brain mask."
     )
-    qc_min_dice: float = Field(0.85, description="QC: minimum Dice of the warped brain mask with the template mask.")
+    qc_min_dice: float = Field(
+        0.85, description="QC: minimum Dice of the warped brain mask with the template mask."
+    )
     qc_max_folding: float = Field(
-        0.001, ge=0, description="QC: maximum fraction of brain voxels whose Jacobian determinant is <= 0."
+        0.001,
+        ge=0,
+        description="QC: maximum fraction of brain voxels whose Jacobian determinant is <= 0.",
     )
     exclude_failed_qc: bool = Field(
         True, description="Leave subjects that fail registration QC out of the group stages."

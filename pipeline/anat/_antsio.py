@@ -1,0 +1,85 @@
+"""Conversions between nibabel (RAS) and ANTs/ITK (LPS) images and affine transforms.
+
+nibabel affines map voxel indices to RAS+ millimetres; ITK images and transforms live in LPS+.
+With :math:`F = \\mathrm{diag}(-1, -1, 1)`, a RAS point :math:`x` is the LPS point :math:`Fx`, so a
+RAS affine map :math:`x \\mapsto Ax + b` is the LPS map :math:`y \\mapsto FAF\\,y + Fb`.
+
+An ANTs transform maps *fixed*-space points to *moving*-space points (it pulls the moving image
+back onto the fixed grid). Every 4×4 matrix in :mod:`pipeline.anat` follows the same convention,
+in RAS millimetres.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import ants
+import nibabel as nib
+import numpy as np
+
+#: the RAS <-> LPS flip as a 4×4 homogeneous matrix (its own inverse)
+FLIP = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+def nib_to_ants(img: nib.spatialimages.SpatialImage, dtype: type = np.float32) -> ants.ANTsImage:
+    """Convert a 3-D nibabel image to an ANTs image with the same world geometry.
+
+    The voxel array keeps its index order; origin, spacing and direction come from ``F·affine``.
+    """
+    affine = FLIP @ np.asarray(img.affine, dtype=float)
+    spacing = np.linalg.norm(affine[:3, :3], axis=0)
+    direction = affine[:3, :3] / spacing
+    data = np.asarray(img.get_fdata(dtype=np.float32) if dtype == np.float32 else img.get_fdata())
+    out = ants.from_numpy(
+        np.ascontiguousarray(data.astype(dtype, copy=False)),
+        origin=affine[:3, 3].tolist(),
+        spacing=spacing.tolist(),
+        direction=direction,
+    )
+    return out
+
+
+def ants_to_nib(img: ants.ANTsImage, dtype: type = np.float32) -> nib.Nifti1Image:
+    """Convert a 3-D ANTs image back to a nibabel image (RAS affine, ``xyzt_units`` = mm)."""
+    lps = np.eye(4)
+    lps[:3, :3] = np.asarray(img.direction) * np.asarray(img.spacing)[None, :]
+    lps[:3, 3] = img.origin
+    out = nib.Nifti1Image(np.asarray(img.numpy(), dtype=dtype), FLIP @ lps)
+    out.header.set_xyzt_units("mm")
+    out.set_qform(out.affine, code=1)
+    out.set_sform(out.affine, code=1)
+    return out
+
+
+def ras_to_lps(matrix: np.ndarray) -> np.ndarray:
+    """Express a 4×4 RAS point map in LPS coordinates (``F·M·F``; the map is an involution)."""
+    return FLIP @ np.asarray(matrix, dtype=float) @ FLIP
+
+
+def write_affine(matrix: np.ndarray, path: str | os.PathLike[str]) -> Path:
+    """Write a 4×4 RAS fixed→moving point map as an ITK ``AffineTransform`` file (``.mat``/``.h5``)."""
+    lps = ras_to_lps(matrix)
+    tx = ants.create_ants_transform(
+        transform_type="AffineTransform",
+        precision="double",
+        dimension=3,
+        matrix=lps[:3, :3],
+        translation=lps[:3, 3],
+        center=np.zeros(3),
+    )
+    ants.write_transform(tx, str(path))
+    return Path(path)
+
+
+def read_affine(path: str | os.PathLike[str]) -> np.ndarray:
+    """Read an ITK affine/rigid transform file as a 4×4 RAS fixed→moving point map."""
+    tx = ants.read_transform(str(path))
+    params = np.asarray(tx.parameters, dtype=float)
+    center = np.asarray(tx.fixed_parameters, dtype=float)
+    matrix = params[:9].reshape(3, 3)
+    translation = params[9:12]
+    lps = np.eye(4)
+    lps[:3, :3] = matrix
+    lps[:3, 3] = translation + center - matrix @ center
+    return ras_to_lps(lps)
