@@ -24,12 +24,11 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import nibabel as nib
 import numpy as np
-from intensity_normalization import NyulNormalizer, WhiteStripeNormalizer, ZScoreNormalizer
-from intensity_normalization.domain.exceptions import NormalizationError
 from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 
@@ -88,7 +87,26 @@ def _like(img: ImageLike, data: np.ndarray) -> ImageLike:
     return data
 
 
+def _package() -> Any:
+    """The ``intensity_normalization`` package, imported on first use (optional dependency)."""
+    try:
+        from intensity_normalization import NyulNormalizer, WhiteStripeNormalizer, ZScoreNormalizer
+        from intensity_normalization.domain.exceptions import NormalizationError
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise HarmonizationError(
+            "intensity normalization needs the 'intensity-normalization' package "
+            "(pip install intensity-normalization==3.0.1)"
+        ) from exc
+    return SimpleNamespace(
+        NyulNormalizer=NyulNormalizer,
+        WhiteStripeNormalizer=WhiteStripeNormalizer,
+        ZScoreNormalizer=ZScoreNormalizer,
+        NormalizationError=NormalizationError,
+    )
+
+
 def _run(normalizer: Any, img: ImageLike, mask: ImageLike | None) -> ImageLike:
+    NormalizationError = _package().NormalizationError
     data = _data(img, "image")
     m = _mask(mask, data)
     try:
@@ -100,14 +118,14 @@ def _run(normalizer: Any, img: ImageLike, mask: ImageLike | None) -> ImageLike:
 
 def zscore_normalize(img: ImageLike, mask: ImageLike | None = None) -> ImageLike:
     """Z-score inside ``mask`` (default: voxels > 0)."""
-    return _run(ZScoreNormalizer(), img, mask)
+    return _run(_package().ZScoreNormalizer(), img, mask)
 
 
 def whitestripe_normalize(
     img: ImageLike, mask: ImageLike | None = None, width: float = 0.05
 ) -> ImageLike:
     """WhiteStripe (T1w: last histogram mode), ``width`` quantile on each side of the mode."""
-    return _run(WhiteStripeNormalizer(width=width), img, mask)
+    return _run(_package().WhiteStripeNormalizer(width=width), img, mask)
 
 
 def fcm_normalize(
@@ -159,8 +177,8 @@ class NyulStandardizer(BaseEstimator):
         self.output_min = output_min
         self.output_max = output_max
 
-    def _normalizer(self) -> NyulNormalizer:
-        return NyulNormalizer(
+    def _normalizer(self) -> Any:
+        return _package().NyulNormalizer(
             output_min_value=self.output_min,
             output_max_value=self.output_max,
             min_percentile=self.min_percentile,
@@ -183,6 +201,7 @@ class NyulStandardizer(BaseEstimator):
             arrays.append(_Array(data))
             mask_arrays.append(_Array(_mask(mask, data).astype(np.float64)))
         norm = self._normalizer()
+        NormalizationError = _package().NormalizationError
         try:
             norm.fit_population(arrays, mask_arrays)
         except NormalizationError as exc:
@@ -201,6 +220,7 @@ class NyulStandardizer(BaseEstimator):
         norm.is_fitted = True
         data = _data(img, "image")
         m = _mask(mask, data)
+        NormalizationError = _package().NormalizationError
         try:
             out = norm.transform(_Array(data), _Array(m.astype(np.float64))).get_data()
         except (NormalizationError, ValueError) as exc:

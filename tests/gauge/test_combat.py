@@ -113,7 +113,8 @@ def test_site_effects_removed(sites_data):
     assert means.std(0).mean() < 0.35 * raw.std(0).mean()
 
 
-def test_unseen_site_frozen_model(sites_data):
+@pytest.mark.parametrize("priors", ["frozen", "site"])
+def test_unseen_site_frozen_model(sites_data, priors):
     X, site, cov = sites_data
     train = site != "site1"
     model = ComBat().fit(X[train], site[train], cov[train].reset_index(drop=True))
@@ -121,7 +122,7 @@ def test_unseen_site_frozen_model(sites_data):
     new = ~train
     new_cov = cov[new].reset_index(drop=True)
     before = model.transform(X[train], site[train], cov[train].reset_index(drop=True))
-    model.add_sites(X[new], site[new], new_cov)
+    model.add_sites(X[new], site[new], new_cov, priors=priors)
     np.testing.assert_array_equal(model.beta_, beta)
     np.testing.assert_array_equal(model.var_pooled_, vp)
     assert model.sites_[-1] == "site1" and model.added_sites_ == ["site1"]
