@@ -16,7 +16,7 @@ rule group:
         runtime=120,
     params:
         bids=BIDS_DIR,
-        out=OUT,
+        out=lambda w, output: str(Path(output[0]).parents[1]),
         work=WORK,
         config=str(RUN_CONFIG),
         symprep=SYMPREP,

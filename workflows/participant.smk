@@ -16,7 +16,7 @@ rule participant:
         runtime=lambda wildcards, attempt: 60 * attempt,
     params:
         bids=BIDS_DIR,
-        out=OUT,
+        out=lambda w, output: str(Path(output[0]).parents[1]),
         work=WORK,
         config=str(RUN_CONFIG),
         symprep=SYMPREP,
