@@ -8,7 +8,7 @@ CORES ?= $(shell nproc)
 DEMO_SIZE ?= demo
 DEMO_BIDS := demo/bids
 
-.PHONY: install demo demo-data test test-fast lint format clean help
+.PHONY: install demo demo-data test test-fast test-cluster lint format clean help
 
 help:
 	@echo "make install   create .venv (Python 3.11) and install symprep with pinned dependencies"
@@ -39,10 +39,16 @@ demo: install demo-data
 	@echo "Outputs: demo/derivatives (per-subject derivatives, logs/, group/)"
 
 test: install
-	$(BIN)/python -m pytest -q --timeout=900
+	$(BIN)/python -m pytest -q --timeout=900 -m "not cluster"
+
+# a single-node SLURM on localhost (Debian packages), the tiny demo through it, then stop it
+test-cluster: install
+	bash tests/cluster/slurm_up.sh
+	$(BIN)/python -m pytest -q --timeout=1800 -m cluster tests/cluster; status=$$?; \
+		bash tests/cluster/slurm_down.sh; exit $$status
 
 test-fast: install
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m "not slow and not cluster"
 
 lint: install
 	$(BIN)/ruff check pipeline tests benchmarks

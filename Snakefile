@@ -1,11 +1,13 @@
 # symprep: the cross-subject DAG. Rules live in workflows/*.smk; library code in pipeline/.
 # Run: snakemake --configfile configs/demo.yaml --cores all   (or: make demo)
+from pathlib import Path
+
 from snakemake.utils import min_version
 
 min_version("9.0")
 
 
-configfile: "configs/config.yaml"
+configfile: str(Path(workflow.basedir) / "configs" / "config.yaml")
 
 
 include: "workflows/common.smk"
