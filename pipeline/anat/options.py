@@ -79,6 +79,13 @@ class AnatOptions(StrictOptions):
         description="A registration stage is rejected (previous result kept) when it lowers the mutual "
         "information with the template by more than this (nats).",
     )
+    ants_threads: int | None = Field(
+        1,
+        ge=1,
+        description="ITK threads of the registration (run in a child process so that the setting "
+        "takes effect). 1 makes outputs bit-identical for a given seed; null: ITK's default "
+        "(all cores, faster, not bit-reproducible).",
+    )
     tissue_method: Literal["atropos", "priors"] = Field(
         "priors",
         description="GM/WM/CSF maps: ants.atropos with the template priors, or the template priors warped back.",

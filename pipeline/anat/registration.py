@@ -168,8 +168,14 @@ def register_to_template(
     options: AnatOptions | None = None,
     *,
     seed: int = 0,
+    threads: int | None = None,
 ) -> RegistrationResult:
     """Register a (bias-corrected) T1w to the template: pose search, rigid, affine, SyN.
+
+    ITK reads its thread count once per process, and multi-threaded metric sums make ANTs'
+    linear stages differ in the last bits between runs. With ``threads`` set, the registration
+    runs in a fresh (spawned) process with ``ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS=threads``;
+    ``threads=1`` makes the result bit-identical for a given ``seed``.
 
     Parameters
     ----------
@@ -183,11 +189,45 @@ def register_to_template(
         Search and iteration settings; defaults if omitted.
     seed : int, default=0
         ANTs random seed (metric sampling).
+    threads : int, optional
+        Run in a child process with this many ITK threads (see above); None: in this process.
 
     Returns
     -------
     RegistrationResult
     """
+    if threads is not None:
+        return _in_child(threads, subject, template, template_mask, out_dir, options, seed=seed)
+    return _register(subject, template, template_mask, out_dir, options, seed=seed)
+
+
+def _in_child(threads: int, *args, **kwargs) -> RegistrationResult:
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    key = "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"
+    previous = os.environ.get(key)
+    os.environ[key] = str(int(threads))
+    try:
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
+            return pool.submit(_register, *args, **kwargs).result()
+    finally:
+        if previous is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = previous
+
+
+def _register(
+    subject: nib.spatialimages.SpatialImage,
+    template: nib.spatialimages.SpatialImage,
+    template_mask: nib.spatialimages.SpatialImage,
+    out_dir: str | os.PathLike[str],
+    options: AnatOptions | None = None,
+    *,
+    seed: int = 0,
+) -> RegistrationResult:
     import time
 
     options = options or AnatOptions()

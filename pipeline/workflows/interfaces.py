@@ -145,6 +145,7 @@ class RegisterToTemplate(SimpleInterface):
             runtime.cwd,
             options,
             seed=self.inputs.seed,
+            threads=options.ants_threads,
         )
         self._results["forward_transform"] = str(result.forward)
         self._results["inverse_transform"] = str(result.inverse)
