@@ -33,7 +33,7 @@ class AnatOptions(StrictOptions):
         description="Search the whole rotation group for the initial pose (off: start from the header pose).",
     )
     pose_n_rotations: int = Field(
-        1500,
+        1000,
         ge=24,
         description="Rotations in the super-Fibonacci cover of SO(3) scored by the pose search.",
     )
@@ -44,14 +44,14 @@ class AnatOptions(StrictOptions):
         4.0, gt=0, description="Voxel size (mm) of the final pose refinement grid."
     )
     pose_n_refine: int = Field(
-        4, ge=1, description="Distinct best pose candidates refined locally."
+        3, ge=1, description="Distinct best pose candidates refined locally."
     )
     rigid_iterations: list[int] = Field([50, 25], description="ANTs rigid iterations per level.")
     rigid_shrink_factors: list[int] = Field(
-        [2, 1], description="ANTs rigid shrink factors per level."
+        [4, 2], description="ANTs rigid shrink factors per level."
     )
     rigid_smoothing_sigmas: list[float] = Field(
-        [1.0, 0.0], description="ANTs rigid smoothing (voxels) per level."
+        [2.0, 1.0], description="ANTs rigid smoothing (voxels) per level."
     )
     affine_iterations: list[int] = Field(
         [100, 50, 10], description="ANTs affine iterations per level."

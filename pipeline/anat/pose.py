@@ -356,10 +356,10 @@ def search_pose(
     fixed_mask: nib.spatialimages.SpatialImage,
     moving: nib.spatialimages.SpatialImage,
     *,
-    n_rotations: int = 1500,
+    n_rotations: int = 1000,
     coarse_voxel_mm: float = 8.0,
     fine_voxel_mm: float = 4.0,
-    n_refine: int = 4,
+    n_refine: int = 3,
     bins: int = 24,
     maxiter: int = 200,
     max_points: int = 12000,
@@ -372,12 +372,12 @@ def search_pose(
         Template and its brain mask.
     moving : nibabel image
         Subject image, any orientation and intensity gauge.
-    n_rotations : int, default=1500
+    n_rotations : int, default=1000
         Size of the super-Fibonacci cover of SO(3) (in addition to the 24 principal-axes
         candidates and the header pose).
     coarse_voxel_mm, fine_voxel_mm : float, default=8.0, 4.0
         Voxel sizes of the global scoring grid and of the final refinement.
-    n_refine : int, default=4
+    n_refine : int, default=3
         Number of distinct best candidates (≥ 20° apart) refined locally.
     bins : int, default=24
         Histogram bins of the mutual information.
