@@ -47,7 +47,7 @@ from pipeline.gauge._design import (
     site_levels,
 )
 from pipeline.gauge._errors import CovariateError, HarmonizationError, UnseenSiteError
-from pipeline.gauge._stream import FeatureBlocks, is_dask, map_feature_blocks
+from pipeline.gauge._stream import FeatureBlocks, Workspace, is_dask, map_feature_blocks
 
 log = logging.getLogger(__name__)
 
@@ -223,26 +223,31 @@ class ComBat(BaseEstimator):
         constant = np.empty(p, dtype=bool)
         mean_s = np.empty((n_sites, p))
         ss = np.empty((n_sites, p))
+        ws = Workspace(n, source.block_features)
         for start, stop in self._bar(source.bounds(), source.n_blocks, "ComBat fit"):
-            Xb = source.read(start, stop)
+            c = stop - start
+            Xb = source.read(start, stop, out=ws.get("raw", c))
             if not sorted_already:
-                Xb = Xb[order]
+                Xb = np.take(Xb, order, axis=0, out=ws.get("sorted", c), mode="clip")
             sl = slice(start, stop)
             constant[sl] = np.ptp(Xb, axis=0) == 0
             B = proj_o @ Xb
-            resid = np.subtract(Xb, design_o @ B)
+            resid = np.matmul(design_o, B, out=ws.get("resid", c))
+            np.subtract(Xb, resid, out=resid)
             r = resid[var_rows]
             vp = np.einsum("ij,ij->j", r, r) / r.shape[0]
             vp[vp == 0] = 1.0  # neuroCombat's replacement (median of a boolean mask)
             gm = weights @ B[:n_sites] if self.ref_level_ is None else B[self.ref_level_]
             s = np.subtract(Xb, gm, out=resid)
-            s -= cov_o @ B[n_sites:]
+            tmp = ws.get("tmp", c)
+            if cov_o.shape[1]:
+                s -= np.matmul(cov_o, B[n_sites:], out=tmp)
             s /= np.sqrt(vp)
             beta[:, sl], grand_mean[sl], var_pooled[sl] = B, gm, vp
             for i in range(n_sites):
                 blk = s[edges[i] : edges[i + 1]]
                 m = blk.mean(axis=0)
-                dev = blk - m
+                dev = np.subtract(blk, m, out=tmp[edges[i] : edges[i + 1]])
                 mean_s[i, sl] = m
                 ss[i, sl] = np.einsum("ij,ij->j", dev, dev)
         self.n_features_in_ = p
@@ -349,18 +354,24 @@ class ComBat(BaseEstimator):
         cov_part = self.encoding_.transform(covariates, n)
         keep_rows = idx != self.ref_level_ if self.ref_level_ is not None else None
 
-        def _adjust(Xb: np.ndarray, start: int, stop: int, rows: np.ndarray) -> np.ndarray:
+        def _adjust(
+            Xb: np.ndarray, start: int, stop: int, rows: np.ndarray, ws: Workspace | None
+        ) -> np.ndarray:
             # x* = (x - A - sqrt(vp) gamma*[site]) / sqrt(delta*[site]) + A,  A = alpha + C beta
+            def buf(name: str) -> np.ndarray:
+                return np.empty_like(Xb) if ws is None else ws.get(name, stop - start)
+
             sl = slice(start, stop)
             site = idx[rows]
             sd = np.sqrt(self.var_pooled_[sl])
             shift = self.gamma_star_[:, sl] * sd
             inv_scale = 1.0 / np.sqrt(self.delta_star_[:, sl])
-            A = cov_part[rows] @ self.beta_[n_fit_sites:, sl]
+            A = np.matmul(cov_part[rows], self.beta_[n_fit_sites:, sl], out=buf("offset"))
             A += self.grand_mean_[sl]
-            out_b = np.subtract(Xb, A)
-            out_b -= shift[site]
-            out_b *= inv_scale[site]
+            out_b = np.subtract(Xb, A, out=buf("result"))
+            tmp = buf("tmp")
+            out_b -= np.take(shift, site, axis=0, out=tmp, mode="clip")
+            out_b *= np.take(inv_scale, site, axis=0, out=tmp, mode="clip")
             out_b += A
             const = self.constant_features_[sl]
             if const.any():

@@ -87,18 +87,32 @@ class FeatureBlocks:
         """Number of feature blocks."""
         return -(-self.n_features // self.block_features)
 
-    def read(self, start: int, stop: int, rows: np.ndarray | None = None) -> np.ndarray:
-        """Features ``start:stop`` of ``rows`` (default all) as float64, checked for NaN/Inf."""
+    def read(
+        self,
+        start: int,
+        stop: int,
+        rows: np.ndarray | None = None,
+        out: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """Features ``start:stop`` of ``rows`` (default all) as float64, checked for NaN/Inf.
+
+        ``out`` (float64, the block's shape) receives the values instead of a new array.
+        """
         if is_dask(self.X):
             block = self.X[:, start:stop]
             if rows is not None:
                 block = block[rows]
-            out = np.asarray(block.compute(), dtype=np.float64)
+            values = block.compute()
         else:
-            block = self.X[:, start:stop] if rows is None else self.X[rows, start:stop]
-            out = np.array(block, dtype=np.float64)  # always a copy
+            values = self.X[:, start:stop] if rows is None else self.X[rows, start:stop]
+        if out is None:
+            out = np.array(values, dtype=np.float64)  # always a copy
+        else:
+            np.copyto(out, values, casting="unsafe")
+        del values
+        if not is_dask(self.X):
             _release(self.X)
-        if not np.all(np.isfinite(out)):
+        if not np.isfinite(out).all():
             bad = np.where(~np.all(np.isfinite(out), axis=0))[0]
             raise HarmonizationError(
                 f"{self.name} has NaN or Inf values in {bad.size} feature(s) of columns "
@@ -107,13 +121,33 @@ class FeatureBlocks:
         return out
 
 
+class Workspace:
+    """Reusable ``(n_rows, width)`` float64 buffers (fresh large arrays cost page faults).
+
+    ``get(name, c)`` returns a C-contiguous ``(n_rows, c)`` view of buffer ``name``, ``c <= width``.
+    """
+
+    def __init__(self, n_rows: int, width: int) -> None:
+        self.n_rows, self.width = n_rows, width
+        self._buffers: dict[str, np.ndarray] = {}
+
+    def get(self, name: str, c: int) -> np.ndarray:
+        """A contiguous ``(n_rows, c)`` float64 view of the buffer called ``name``."""
+        buf = self._buffers.get(name)
+        if buf is None:
+            buf = self._buffers[name] = np.empty(self.n_rows * self.width)
+        return buf[: self.n_rows * c].reshape(self.n_rows, c)
+
+
 def map_feature_blocks(
     source: FeatureBlocks,
-    func: Callable[[np.ndarray, int, int], np.ndarray],
+    func: Callable[..., np.ndarray],
     out: np.ndarray | None = None,
     progress: Callable[[Iterator[Any]], Iterator[Any]] | None = None,
 ) -> Any:
-    """Apply ``func(block, start, stop)`` (same shape out) to every feature block.
+    """Apply ``func(block, start, stop, rows, workspace)`` (same shape out) to every block.
+
+    ``workspace`` is a :class:`Workspace` to draw scratch buffers from, or ``None`` (allocate).
 
     A dask input gives a lazy dask array (``func`` is applied to each dask chunk, so
     subjects are streamed as well); other inputs are computed into ``out`` (allocated in memory
@@ -129,7 +163,7 @@ def map_feature_blocks(
                 raise HarmonizationError(
                     f"{source.name} has NaN or Inf values in columns {c0}:{c1}"
                 )
-            return func(values, c0, c1, np.arange(r0, r1))
+            return func(values, c0, c1, np.arange(r0, r1), None)
 
         return X.map_blocks(_chunk, dtype=np.float64)
     if out is None:
@@ -142,8 +176,10 @@ def map_feature_blocks(
     if progress is not None:
         bounds = progress(bounds)
     rows = np.arange(source.n_subjects)
+    ws = Workspace(source.n_subjects, source.block_features)
     for start, stop in bounds:
-        out[:, start:stop] = func(source.read(start, stop), start, stop, rows)
+        block = source.read(start, stop, out=ws.get("input", stop - start))
+        out[:, start:stop] = func(block, start, stop, rows, ws)
         _release(out)  # dirty pages stay in the page cache; only the mapping is dropped
     if isinstance(out, np.memmap):
         out.flush()
