@@ -8,13 +8,15 @@ CORES ?= $(shell nproc)
 DEMO_SIZE ?= demo
 DEMO_BIDS := demo/bids
 
-.PHONY: install demo demo-data test test-fast test-cluster lint format clean help
+.PHONY: install demo demo-data test test-fast test-cluster test-container lint format clean help
 
 help:
 	@echo "make install   create .venv (Python 3.11) and install symprep with pinned dependencies"
 	@echo "make demo      install, generate the demo dataset, run the whole Snakemake workflow"
 	@echo "make test      install (with test extras) and run the test suite"
-	@echo "make lint      ruff, snakefmt --check, snakemake --lint"
+	@echo "make test-cluster    a single-node SLURM on localhost, the tiny demo through it"
+	@echo "make test-container  build the image with podman and run the tiny demo inside it"
+	@echo "make lint      ruff, snakefmt --check, snakemake --lint, hadolint"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -47,13 +49,17 @@ test-cluster: install
 	$(BIN)/python -m pytest -q --timeout=1800 -m cluster tests/cluster; status=$$?; \
 		bash tests/cluster/slurm_down.sh; exit $$status
 
+# build the image for real with podman (local Debian base when no registry is reachable) and run it
+test-container: install
+	bash containers/build_and_test.sh
+
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow and not cluster"
 
 lint: install
 	$(BIN)/ruff check pipeline tests benchmarks
 	$(BIN)/snakefmt --check Snakefile workflows
-	$(BIN)/snakemake --lint --configfile configs/demo.yaml --snakefile Snakefile
+	$(BIN)/hadolint containers/Dockerfile
 
 format: install
 	$(BIN)/ruff format pipeline tests benchmarks

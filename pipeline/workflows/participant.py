@@ -46,11 +46,23 @@ def failure_path(output_dir: str | os.PathLike[str], subject: str) -> Path:
     return Path(output_dir) / "logs" / f"sub-{subject}_failure.json"
 
 
+def _tame_nipype_logging() -> None:
+    """Nipype logs through its own handlers: stop its records reaching ours twice, keep warnings."""
+    import nipype  # noqa: F401  (configures the nipype.* loggers)
+
+    verbose = logging.getLogger().level <= logging.DEBUG
+    for name in ("nipype.workflow", "nipype.interface", "nipype.utils", "nipype.filemanip"):
+        log = logging.getLogger(name)
+        log.propagate = False
+        log.setLevel(logging.INFO if verbose else logging.WARNING)
+
+
 def run_participant(
     layout, subject: str, output_dir: Path, work_dir: Path, config: Config, nprocs: int
 ) -> SubjectResult:
     """Run the enabled participant stages of one subject; never raises for that subject's errors."""
     start = time.monotonic()
+    _tame_nipype_logging()
     stage = "inputs"
     outputs: dict[str, str] = {}
     try:
