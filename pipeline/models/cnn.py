@@ -14,7 +14,7 @@ __all__ = ["CNN3d"]
 
 class CNN3d(nn.Module):
     """Conv(3³) → BatchNorm → ReLU per level, anti-aliased stride-2 pooling between levels,
-    global average pooling and a two-layer head.
+    global mean and max pooling (a local effect is not diluted by the mean) and a two-layer head.
 
     Parameters
     ----------
@@ -44,9 +44,12 @@ class CNN3d(nn.Module):
             blocks += [nn.Conv3d(c_in, w, 3, padding=1, bias=False), nn.BatchNorm3d(w), nn.ReLU()]
             c_in = w
         self.features = nn.Sequential(*blocks)
-        self.head = nn.Sequential(nn.Linear(c_in, c_in), nn.ReLU(), nn.Linear(c_in, num_outputs))
+        self.head = nn.Sequential(
+            nn.Linear(2 * c_in, c_in), nn.ReLU(), nn.Linear(c_in, num_outputs)
+        )
         self.levels = len(widths) - 1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Map ``(B, C, X, Y, Z)`` to ``(B, num_outputs)``."""
-        return self.head(self.features(x).mean(dim=(2, 3, 4)))
+        f = self.features(x).flatten(2)
+        return self.head(torch.cat([f.mean(-1), f.amax(-1)], dim=1))

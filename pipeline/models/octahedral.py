@@ -10,7 +10,8 @@ voxel. The lifting layer and the group convolutions share weights across :math:`
 
 where :math:`g\psi` rotates the spatial kernel exactly (:mod:`pipeline.symmetry`). Rotating the
 input by :math:`r` rotates every feature map spatially and shifts its group axis
-(:math:`g \mapsto r^{-1}g`); averaging over the group axis and over space (*group pooling*)
+(:math:`g \mapsto r^{-1}g`); averaging over the group axis (*group pooling*), then mean and max
+over space,
 makes the logits exactly invariant. All rotated kernels are stacked into one ``conv3d``.
 
 The relaxed variant (Wang, Walters & Yu 2022) replaces :math:`\psi` by
@@ -177,7 +178,9 @@ class OctahedralCNN(nn.Module):
             ]
             c_in = w
         self.features = nn.Sequential(*blocks)
-        self.head = nn.Sequential(nn.Linear(c_in, c_in), nn.ReLU(), nn.Linear(c_in, num_outputs))
+        self.head = nn.Sequential(
+            nn.Linear(2 * c_in, c_in), nn.ReLU(), nn.Linear(c_in, num_outputs)
+        )
         self.levels = len(widths) - 1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -185,8 +188,8 @@ class OctahedralCNN(nn.Module):
         rotations."""
         f = self.features(x)
         b = f.shape[0]
-        pooled = f.reshape(b, -1, N_GROUP, *f.shape[2:]).mean(dim=(2, 3, 4, 5))  # group + space
-        return self.head(pooled)
+        g = f.reshape(b, -1, N_GROUP, *f.shape[2:]).mean(dim=2).flatten(2)  # group pooling
+        return self.head(torch.cat([g.mean(-1), g.amax(-1)], dim=1))  # spatial mean and max
 
 
 class RelaxedOctahedralCNN(OctahedralCNN):

@@ -231,11 +231,12 @@ class SteerableCNN(nn.Module):
                 f"the last level needs 0e channels for the invariant head, got {irreps}"
             )
         c = self.n_scalars
-        self.head = nn.Sequential(nn.Linear(c, c), nn.ReLU(), nn.Linear(c, num_outputs))
+        self.head = nn.Sequential(nn.Linear(2 * c, c), nn.ReLU(), nn.Linear(c, num_outputs))
         self.levels = len(widths) - 1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Map ``(B, C, X, Y, Z)`` to ``(B, num_outputs)`` from the spatially averaged 0e
+        """Map ``(B, C, X, Y, Z)`` to ``(B, num_outputs)`` from the spatial mean and max of the 0e
         channels."""
         f = self.features(x)
-        return self.head(f[:, : self.n_scalars].mean(dim=(2, 3, 4)))
+        s = f[:, : self.n_scalars].flatten(2)
+        return self.head(torch.cat([s.mean(-1), s.amax(-1)], dim=1))

@@ -30,6 +30,10 @@ def relative_error(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-12) -> torc
     return d / (b.flatten(1).norm(dim=1) + eps)
 
 
+def _dist(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return (a - b).flatten(1).norm(dim=1)
+
+
 @torch.no_grad()
 def equivariance_error(
     f: Callable[[torch.Tensor], torch.Tensor],
@@ -37,6 +41,7 @@ def equivariance_error(
     actions_in: Action | Iterable[Action],
     actions_out: Action | Iterable[Action] | None = None,
     eps: float = 1e-12,
+    relative: bool = True,
 ) -> torch.Tensor:
     """Relative equivariance errors of ``f`` at ``x`` for each action.
 
@@ -50,6 +55,8 @@ def equivariance_error(
         Group elements acting on inputs.
     actions_out : callable or iterable of callables, optional
         Matching actions on outputs; ``None`` means invariance (identity on outputs).
+    relative : bool, default=True
+        Divide by ``||f(x)||`` per sample; ``False`` gives the absolute norm of the difference.
 
     Returns
     -------
@@ -67,7 +74,7 @@ def equivariance_error(
     errs = []
     for g_in, g_out in zip(ins, outs, strict=True):
         ref = fx if g_out is None else g_out(fx)
-        errs.append(relative_error(f(g_in(x)), ref, eps))
+        errs.append(relative_error(f(g_in(x)), ref, eps) if relative else _dist(f(g_in(x)), ref))
     return torch.stack(errs)
 
 
@@ -77,10 +84,13 @@ def resampling_floor(
     x: torch.Tensor,
     actions: Iterable,
     eps: float = 1e-12,
+    relative: bool = True,
 ) -> torch.Tensor:
     """Errors ``||f(g⁻¹(g(x))) − f(x)|| / ||f(x)||`` (no net rotation), shape ``(n_actions, B)``.
 
-    Each action must have an ``inverse()`` method (e.g. :class:`pipeline.symmetry.Rotation`).
+    Each action must have an ``inverse()`` method (e.g. :class:`pipeline.symmetry.Rotation`);
+    ``relative=False`` gives absolute norms.
     """
     fx = f(x)
-    return torch.stack([relative_error(f(g.inverse()(g(x))), fx, eps) for g in actions])
+    err = relative_error if relative else lambda a, b, _eps: _dist(a, b)
+    return torch.stack([err(f(g.inverse()(g(x))), fx, eps) for g in actions])

@@ -68,6 +68,8 @@ def test_equivariance_error_zero_for_invariant_and_large_for_not():
     e_not = equivariance_error(not_invariant, x, acts)
     assert e_inv.shape == (24, 3)
     assert e_inv.max() < 1e-5
+    absolute = equivariance_error(not_invariant, x, acts, relative=False)
+    torch.testing.assert_close(absolute, e_not * not_invariant(x).abs()[None, :, 0])
     assert e_not[1:].mean() > 0.1
     # equivariance of the identity map with the matching output action
     assert equivariance_error(lambda v: v, x, acts, acts).max() == 0

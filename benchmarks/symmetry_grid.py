@@ -1,0 +1,496 @@
+r"""The seed's grid on brains: augmentation vs built-in invariance, exact vs approximate invariance.
+
+Models {cnn, cnn + random SO(3) augmentation, octahedral, steerable, relaxed} × inputs {native,
+native randomly rotated, atlas-registered, registered + randomly rotated}, on a task whose label
+does not depend on pose: a planted local grey-matter atrophy (left medial temporal lobe, in
+template space) in half of the synthetic subjects.
+
+Synthetic subjects are built here from the MNI152 2009a template nilearn ships
+(:func:`pipeline.data.templates.load_template`), independently of the demo BIDS generator:
+
+- anatomy: a smooth random displacement field :math:`d` (Gaussian-filtered noise on a coarse
+  grid, amplitude ``warp_mm``), so the subject's image is the template at :math:`q + d(q)`;
+- *native* inputs: that image in a scanner-like pose (rotations of a few degrees, a few mm of
+  translation); *native rotated*: pose drawn uniformly from :math:`SO(3)`;
+- *registered* inputs (group-invariant preprocessing): the template-space image, with a residual
+  warp of ``residual`` × the anatomy warp (registration is never perfect) and no pose;
+  *registered rotated*: the same, then a uniform :math:`SO(3)` rotation;
+- intensity: a random global gain and Gaussian noise.
+
+Each image is sampled once (one interpolation, :func:`torch.nn.functional.grid_sample`) on a
+cube whose side keeps every stride lattice centred (:mod:`pipeline.models._layers`).
+
+Reported: test accuracy (mean ± sd over seeds), parameters, train throughput, and on the
+registered test set the equivariance error of the logits under random SO(3) rotations next to
+the resampling floor (rotate and rotate back, no net rotation). ``--scale demo`` fits 20 minutes
+of 2 CPU cores; ``--scale full`` is for GPU nodes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import logging
+import math
+import statistics
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F  # noqa: N812
+from torch.utils.data import TensorDataset
+
+from benchmarks._results import machine_line, write_section
+from pipeline.models import build_model, n_parameters
+from pipeline.models.options import ModelOptions
+from pipeline.models.training import fit, seed_everything, select_device
+from pipeline.symmetry import (
+    Rotation,
+    axis_angle_matrix,
+    equivariance_error,
+    random_rotations,
+    resampling_floor,
+)
+
+logger = logging.getLogger("benchmarks.symmetry_grid")
+
+INPUTS = ("native", "native_rotated", "registered", "registered_rotated")
+ARMS = ("cnn", "cnn_aug", "octahedral", "steerable", "relaxed")
+#: planted effect: centre in MNI mm (left medial temporal lobe), Gaussian sigma (mm)
+EFFECT_CENTRE_MM = (-26.0, -22.0, -14.0)
+
+
+@dataclass
+class Scale:
+    """Size of one grid run."""
+
+    voxel_mm: float
+    side: int  # cube side in voxels, ≡ 1 (mod 4)
+    n_train: int
+    n_test: int
+    epochs: int
+    batch_size: int
+    seeds: int
+    learning_rate: float = 5e-3
+    hparams: dict = field(default_factory=dict)
+    warp_mm: float = 6.0
+    residual: float = 0.3
+    effect_sigma_mm: float = 15.0
+    effect_strength: float = 2.0
+    noise: float = 0.15
+    n_rotations: int = 4
+
+
+SCALES = {
+    # small models at 12 mm: 60 trainings in about 15 minutes on 2 busy CPU cores
+    "demo": Scale(
+        voxel_mm=12.0,
+        side=17,
+        n_train=32,
+        n_test=32,
+        epochs=8,
+        batch_size=4,
+        seeds=3,
+        hparams={
+            "cnn": {"widths": (8, 16, 32)},
+            "octahedral": {"widths": (1, 2, 4)},
+            "relaxed": {"widths": (1, 2, 3)},
+            "steerable": {"widths": ("4x0e + 2x1e", "8x0e + 2x1e + 1x2e", "24x0e + 4x1e + 2x2e")},
+        },
+    ),  # fmt: skip
+    # default model sizes at 4 mm on a GPU
+    "full": Scale(
+        voxel_mm=4.0,
+        side=57,
+        n_train=240,
+        n_test=120,
+        epochs=25,
+        batch_size=8,
+        seeds=3,
+        n_rotations=8,
+    ),  # fmt: skip
+    # the short GPU check of benchmarks/gpu_run.sh
+    "gpu-short": Scale(
+        voxel_mm=4.0, side=57, n_train=64, n_test=64, epochs=5, batch_size=8, seeds=3
+    ),  # fmt: skip
+}
+
+
+# --------------------------------------------------------------------------------------------
+# synthetic subjects
+
+
+@functools.lru_cache(maxsize=2)
+def _template_arrays(voxel_mm: float, sigma_mm: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Template T1w (z-scored in the brain, 0 outside), atrophy map, brain centre (index),
+    blurred so that sampling them at ``voxel_mm`` does not alias."""
+    from scipy import ndimage
+
+    from pipeline.data.templates import load_template
+
+    tpl = load_template(2)
+    t1 = tpl.t1w.get_fdata().astype(np.float32)
+    mask = tpl.mask.get_fdata() > 0
+    gm = tpl.gm.get_fdata().astype(np.float32)
+    t1 = np.where(mask, (t1 - t1[mask].mean()) / t1[mask].std(), 0.0).astype(np.float32)
+    centre_idx = np.argwhere(mask).mean(0)
+    # atrophy profile: GM × Gaussian bump around the effect centre (world mm -> index)
+    ijk = np.linalg.solve(tpl.t1w.affine, np.r_[EFFECT_CENTRE_MM, 1.0])[:3]
+    grid = np.stack(np.meshgrid(*[np.arange(n) for n in t1.shape], indexing="ij"), -1)
+    dist2 = (((grid - ijk) * 2.0) ** 2).sum(-1)
+    bump = (gm * np.exp(-dist2 / (2 * sigma_mm**2))).astype(np.float32)
+    factor = voxel_mm / 2.0  # template voxels are 2 mm
+    if factor > 1:
+        sigma = 0.5 * math.sqrt(factor**2 - 1)
+        t1, bump = ndimage.gaussian_filter(t1, sigma), ndimage.gaussian_filter(bump, sigma)
+    return t1, bump, centre_idx
+
+
+#: optional ``.npz`` with the arrays of :func:`_template_arrays` (for machines without nilearn)
+TEMPLATE_CACHE: Path | None = None
+
+
+def _cache_key(voxel_mm: float, sigma_mm: float) -> str:
+    return f"v{voxel_mm:g}_s{sigma_mm:g}"
+
+
+def save_template_cache(path: Path, scales: list[Scale]) -> None:
+    """Write the blurred template arrays of ``scales`` to ``path`` (``.npz``)."""
+    arrays = {}
+    for sc in scales:
+        key = _cache_key(sc.voxel_mm, sc.effect_sigma_mm)
+        t1, bump, centre = _template_arrays(sc.voxel_mm, sc.effect_sigma_mm)
+        arrays |= {f"{key}_t1": t1, f"{key}_bump": bump, f"{key}_centre": centre}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(path, **arrays)
+
+
+def _template_tensors(voxel_mm: float, sigma_mm: float, device: torch.device):
+    key = _cache_key(voxel_mm, sigma_mm)
+    if TEMPLATE_CACHE is not None and TEMPLATE_CACHE.exists():
+        with np.load(TEMPLATE_CACHE) as z:
+            t1, bump, centre = z[f"{key}_t1"], z[f"{key}_bump"], z[f"{key}_centre"]
+    else:
+        t1, bump, centre = _template_arrays(voxel_mm, sigma_mm)
+    to = lambda a: torch.as_tensor(a, device=device)[None, None]  # noqa: E731
+    return to(t1), to(bump), centre
+
+
+def _smooth_field(g: torch.Generator, n: int, side: int, amp_mm: float, device) -> torch.Tensor:
+    """Smooth random displacement fields (n, 3, side, side, side) in mm, from 5³ coarse noise."""
+    coarse = torch.randn(n, 3, 5, 5, 5, generator=g).to(device) * amp_mm
+    return F.interpolate(coarse, size=(side,) * 3, mode="trilinear", align_corners=True)
+
+
+def make_inputs(scale: Scale, n: int, seed: int, device: torch.device) -> tuple[dict, torch.Tensor]:
+    """Volumes of ``n`` subjects for every input kind (``{kind: (n, 1, N, N, N)}``) and labels."""
+    t1, bump, centre = _template_tensors(scale.voxel_mm, scale.effect_sigma_mm, device)
+    g = torch.Generator().manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    labels = torch.tensor(rng.permutation(np.arange(n) % 2), dtype=torch.long)
+    N, h = scale.side, scale.voxel_mm
+    axis = (torch.arange(N, dtype=torch.float32, device=device) - (N - 1) / 2) * h
+    p = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), -1)  # output points, mm
+    warp = _smooth_field(g, n, N, scale.warp_mm, device)
+    small = [
+        axis_angle_matrix(rng.standard_normal(3), np.deg2rad(rng.uniform(0, 8))) for _ in range(n)
+    ]
+    poses = {
+        "native": (np.stack(small), rng.uniform(-6, 6, (n, 3))),
+        "native_rotated": (random_rotations(n, rng), rng.uniform(-6, 6, (n, 3))),
+        "registered": (np.broadcast_to(np.eye(3), (n, 3, 3)), np.zeros((n, 3))),
+        "registered_rotated": (random_rotations(n, rng), np.zeros((n, 3))),
+    }
+    gain = torch.exp(0.1 * torch.randn(n, generator=g)).to(device)
+    noise = torch.randn(n, 1, N, N, N, generator=g).to(device) * scale.noise
+    shape = torch.tensor(t1.shape[-3:], dtype=torch.float32, device=device)
+    c = torch.as_tensor(centre, dtype=torch.float32, device=device)
+    out = {}
+    for kind, (R, t) in poses.items():
+        Rt = torch.as_tensor(np.array(R), dtype=torch.float32, device=device)
+        tt = torch.as_tensor(t, dtype=torch.float32, device=device)
+        q = torch.einsum("bji,bxyzj->bxyzi", Rt, p[None] - tt[:, None, None, None])  # R^T (p - t)
+        amp = 1.0 if kind.startswith("native") else scale.residual
+        q = q + amp * warp.permute(0, 2, 3, 4, 1)  # anatomy (the field is smooth; sampled at p)
+        idx = c + q / 2.0  # template voxels are 2 mm
+        grid = (2 * idx / (shape - 1) - 1).flip(-1)
+        imgs = []
+        for b in range(n):
+            strength = scale.effect_strength * float(labels[b])
+            src = t1 - strength * bump
+            imgs.append(F.grid_sample(src, grid[b : b + 1], align_corners=True))
+        x = torch.cat(imgs) * gain[:, None, None, None, None]
+        out[kind] = (x + noise * (x != 0)).cpu()
+    return out, labels
+
+
+# --------------------------------------------------------------------------------------------
+# training and measures
+
+
+def _arm_model(arm: str, scale: Scale) -> tuple[str, dict, str]:
+    name = "cnn" if arm == "cnn_aug" else arm
+    return name, dict(scale.hparams.get(name, {})), "so3" if arm == "cnn_aug" else "none"
+
+
+def run_cell(arm, kind, data, labels, scale, seed, device, workdir) -> dict:
+    """Train one (model, input, seed) cell; return accuracy, parameters, throughput, model."""
+    name, hp, augment = _arm_model(arm, scale)
+    seed_everything(seed)
+    model = build_model(name, 1, 2, **hp)
+    x_train, x_test = data[kind][: scale.n_train], data[kind][scale.n_train :]
+    y_train, y_test = labels[: scale.n_train], labels[scale.n_train :]
+    opts = ModelOptions(
+        epochs=scale.epochs, batch_size=scale.batch_size, learning_rate=scale.learning_rate,
+        augment=augment, device=device.type, seed=seed, resume=False, progress=False,
+    )  # fmt: skip
+    res = fit(model, TensorDataset(x_train, y_train), None, workdir / f"{arm}_{kind}_{seed}", opts)
+    from pipeline.models.training import evaluate
+
+    test = evaluate(model, TensorDataset(x_test, y_test), "classification", device, 16, True)
+    vps = statistics.median(r["train_volumes_per_s"] for r in res["history"])
+    return {"accuracy": test["accuracy"], "parameters": n_parameters(model), "train_vps": vps,
+            "model": model}  # fmt: skip
+
+
+@torch.no_grad()
+def so3_errors(model, x: torch.Tensor, n_rot: int, seed: int, device) -> tuple[float, float]:
+    """Change of the decision logit under random SO(3) rotations, and the resampling floor.
+
+    With :math:`z(x) = \\text{logit}_1 - \\text{logit}_0`, the error is
+    :math:`\\operatorname{mean}|z(Rx) - z(x)| / \\operatorname{sd}_x z(x)` (in units of the
+    between-subject spread of the decision variable); the floor uses :math:`R^{-1}(Rx)` instead
+    of :math:`Rx` (no net rotation, interpolation only).
+    """
+    model.eval()
+    x = x.to(device)
+    z = lambda v: (lambda o: o[:, 1:2] - o[:, 0:1])(model(v).float())  # noqa: E731
+    spread = float(z(x).std().clamp(min=1e-12))
+    acts = [Rotation(R) for R in random_rotations(n_rot, seed)]
+    err = equivariance_error(z, x, acts, relative=False)
+    floor = resampling_floor(z, x, acts, relative=False)
+    return float(err.mean()) / spread, float(floor.mean()) / spread
+
+
+def _verdict(a: list[float], b: list[float]) -> str:
+    """'holds' / 'does not hold' / 'inconclusive' for mean(a) > mean(b), by a pooled-sd margin."""
+    ma, mb = statistics.mean(a), statistics.mean(b)
+    sd = math.sqrt((statistics.pvariance(a) + statistics.pvariance(b)) / 2) if len(a) > 1 else 0
+    if ma - mb > sd:
+        return f"holds ({ma:.3f} vs {mb:.3f})"
+    if mb - ma > sd:
+        return f"does not hold ({ma:.3f} vs {mb:.3f})"
+    return f"inconclusive ({ma:.3f} vs {mb:.3f}, within one pooled sd {sd:.3f})"
+
+
+def _save_json(path: Path | None, scale: Scale, results: dict) -> None:
+    if path is None:
+        return
+    raw = {f"{a}|{k}": v for (a, k), v in results["cells"].items()}
+    payload = {"scale": asdict(scale), "cells": raw, "equivariance": results["equivariance"]}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2))
+
+
+def _load_json(path: Path) -> tuple[Scale, dict]:
+    payload = json.loads(path.read_text())
+    cells = {tuple(k.split("|")): v for k, v in payload["cells"].items()}
+    eq = {k: tuple(v) for k, v in payload["equivariance"].items()}
+    return Scale(**payload["scale"]), {"cells": cells, "equivariance": eq}
+
+
+def run_grid(
+    scale: Scale, device: torch.device, arms=ARMS, inputs=INPUTS, json_path: Path | None = None
+) -> dict:
+    """Every cell over ``scale.seeds`` seeds; returns the raw results (saved after each cell)."""
+    from tqdm.auto import tqdm
+
+    cells: dict[tuple[str, str], list[dict]] = {}
+    eq: dict[str, tuple[float, float]] = {}
+    results = {"cells": cells, "equivariance": eq}
+    bar = tqdm(total=scale.seeds * len(arms) * len(inputs), desc="grid", unit="run")
+    with tempfile.TemporaryDirectory() as tmp:
+        for seed in range(scale.seeds):
+            data, labels = make_inputs(scale, scale.n_train + scale.n_test, 1000 + seed, device)
+            for kind in inputs:
+                for arm in arms:
+                    t0 = time.perf_counter()
+                    r = run_cell(arm, kind, data, labels, scale, seed, device, Path(tmp))
+                    model = r.pop("model")
+                    if seed == 0 and kind == "registered":
+                        x = data["registered"][scale.n_train :][:8]
+                        eq[arm] = so3_errors(model, x, scale.n_rotations, seed, device)
+                    r["seconds"] = time.perf_counter() - t0
+                    cells.setdefault((arm, kind), []).append(r)
+                    _save_json(json_path, scale, results)
+                    bar.set_postfix(arm=arm, input=kind, acc=f"{r['accuracy']:.2f}")
+                    bar.update()
+    bar.close()
+    return results
+
+
+def report(
+    results: dict,
+    scale_name: str,
+    scale: Scale,
+    device: torch.device,
+    wall: float,
+    card: str | None = None,
+) -> str:
+    """Markdown: accuracy table, equivariance errors, and the verdicts on the seed's findings."""
+    cells, eq = results["cells"], results["equivariance"]
+    arms = list(dict.fromkeys(a for a, _ in cells))
+    inputs = list(dict.fromkeys(k for _, k in cells))
+    acc = {key: [r["accuracy"] for r in rs] for key, rs in cells.items()}
+    if card is None:
+        card = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    lines = [
+        f"## Symmetry grid ({scale_name} scale, {device.type}: {card})",
+        "",
+        f"{machine_line() if card == 'CPU' else card}; {scale.seeds} seeds; {scale.n_train} train / {scale.n_test} test "
+        f"subjects at {scale.voxel_mm:g} mm on a {scale.side}³ cube; {scale.epochs} epochs; "
+        f"wall time {wall / 60:.1f} min. Task: planted left-MTL atrophy (balanced classes, "
+        "chance 0.5). Accuracy mean ± sd over seeds.",
+        "",
+        "| model | params | train vol/s | " + " | ".join(inputs) + " |",
+        "|---|---:|---:|" + "---:|" * len(inputs),
+    ]
+    for arm in arms:
+        first = cells[(arm, inputs[0])][0]  # parameters do not depend on the input
+        vps = statistics.median(r["train_vps"] for k in inputs for r in cells[(arm, k)])
+        accs = []
+        for k in inputs:
+            v = acc[(arm, k)]
+            sd = statistics.stdev(v) if len(v) > 1 else 0.0
+            accs.append(f"{statistics.mean(v):.3f} ± {sd:.3f}")
+        lines.append(f"| {arm} | {first['parameters']:,} | {vps:.1f} | " + " | ".join(accs) + " |")
+    if eq:
+        lines += [
+            "",
+            "Equivariance error of the decision logit under random SO(3) rotations "
+            "(mean |z(Rx) − z(x)| over registered test inputs, seed 0, in units of the sd of z "
+            "over subjects), next to the resampling floor (rotate and rotate back, no net "
+            "rotation):",
+            "",
+            "| model | SO(3) error | resampling floor | ratio |",
+            "|---|---:|---:|---:|",
+        ]
+        for arm, (e, f) in eq.items():
+            lines.append(f"| {arm} | {e:.2e} | {f:.2e} | {e / max(f, 1e-12):.1f} |")
+    # the seed's findings
+    rot = [k for k in inputs if k.endswith("rotated")]
+    pool = lambda arms_, ks: [a for arm in arms_ for k in ks for a in acc.get((arm, k), [])]  # noqa: E731
+    findings = []
+    if {"relaxed", "octahedral", "steerable"} <= set(arms):
+        exact = max(("octahedral", "steerable"), key=lambda a: statistics.mean(pool([a], inputs)))
+        findings.append(
+            f"- Approximate beats exact invariance (relaxed vs best exact, {exact}, all inputs): "
+            + _verdict(pool(["relaxed"], inputs), pool([exact], inputs))
+        )
+    if {"registered", "native"} <= set(inputs):
+        findings.append(
+            "- Invariant preprocessing helps (registered vs native inputs, all models): "
+            + _verdict(
+                pool(arms, ["registered", "registered_rotated"]),
+                pool(arms, ["native", "native_rotated"]),
+            )  # fmt: skip
+        )
+    if rot and "cnn" in arms:
+        built = [a for a in ("octahedral", "steerable", "relaxed") if a in arms]
+        findings.append(
+            "- Built-in invariance helps (equivariant models vs plain cnn, rotated inputs): "
+            + _verdict(pool(built, rot), pool(["cnn"], rot))
+        )
+        if "cnn_aug" in arms:
+            findings.append(
+                "- Built-in invariance vs augmentation (equivariant models vs cnn + SO(3) "
+                "augmentation, rotated inputs): "
+                + _verdict(pool(built, rot), pool(["cnn_aug"], rot))
+            )
+    lines += ["", "Do the seed's findings hold here?", "", *findings]
+    return "\n".join(lines)
+
+
+def _figure(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cells = results["cells"]
+    arms = list(dict.fromkeys(a for a, _ in cells))
+    inputs = list(dict.fromkeys(k for _, k in cells))
+    fig, ax = plt.subplots(figsize=(9, 4))
+    width = 0.8 / len(arms)
+    for i, arm in enumerate(arms):
+        means = [statistics.mean(r["accuracy"] for r in cells[(arm, k)]) for k in inputs]
+        sds = [statistics.pstdev([r["accuracy"] for r in cells[(arm, k)]]) for k in inputs]
+        ax.bar(np.arange(len(inputs)) + i * width, means, width, yerr=sds, label=arm)
+    ax.axhline(0.5, color="k", lw=0.8, ls="--")
+    ax.set_xticks(np.arange(len(inputs)) + 0.4 - width / 2, inputs)
+    ax.set_ylabel("test accuracy")
+    ax.legend(fontsize=8, ncol=len(arms))
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+
+
+def main(argv: list[str] | None = None) -> int:
+    global TEMPLATE_CACHE
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--scale", choices=sorted(SCALES), default="demo")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    parser.add_argument("--seeds", type=int, default=None, help="override the scale's seeds")
+    parser.add_argument("--epochs", type=int, default=None, help="override the scale's epochs")
+    parser.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS))
+    parser.add_argument("--inputs", nargs="+", choices=INPUTS, default=list(INPUTS))
+    parser.add_argument(
+        "--threads", type=int, default=1,
+        help="torch CPU threads (1: many small convolutions; avoids OpenMP contention)",
+    )  # fmt: skip
+    parser.add_argument("--json", type=Path, default=None, help="raw results, saved per cell")
+    parser.add_argument("--figure", type=Path, default=None, help="accuracy bar chart (PNG)")
+    parser.add_argument("--no-write", action="store_true", help="do not touch RESULTS.md")
+    parser.add_argument("--template-cache", type=Path, default=None,
+                        help="read template arrays from this .npz (no nilearn needed)")  # fmt: skip
+    parser.add_argument("--save-template-cache", type=Path, default=None,
+                        help="write the template arrays of every scale to this .npz and exit")  # fmt: skip
+    parser.add_argument("--from-json", type=Path, default=None,
+                        help="only report (RESULTS.md section, figure) from a saved --json")  # fmt: skip
+    parser.add_argument("--device-name", default=None, help="card name for --from-json reports")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    torch.set_num_threads(args.threads)
+    if args.save_template_cache:
+        save_template_cache(args.save_template_cache, list(SCALES.values()))
+        return 0
+    TEMPLATE_CACHE = args.template_cache
+    if args.from_json:
+        scale, results = _load_json(args.from_json)
+        device = torch.device("cuda" if args.device_name else "cpu")
+        text = report(results, args.scale, scale, device, float("nan"), args.device_name)
+    else:
+        scale = SCALES[args.scale]
+        if args.seeds:
+            scale.seeds = args.seeds
+        if args.epochs:
+            scale.epochs = args.epochs
+        device = select_device(args.device)
+        torch.backends.cudnn.benchmark = True
+        t0 = time.perf_counter()
+        results = run_grid(scale, device, args.arms, args.inputs, args.json)
+        text = report(results, args.scale, scale, device, time.perf_counter() - t0)
+    print(text)  # noqa: T201 - the benchmark's report
+    if args.figure:
+        _figure(results, args.figure)
+    if not args.no_write:
+        write_section(f"symmetry_grid_{args.scale}_{device.type}", text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
