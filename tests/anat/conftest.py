@@ -45,3 +45,9 @@ def brain_points(small_template):
     idx = np.argwhere(mask.get_fdata() > 0)
     pts = idx @ t1w.affine[:3, :3].T + t1w.affine[:3, 3]
     return pts, pts.mean(0)
+
+
+@pytest.fixture(scope="session")
+def small_priors(template2):
+    """Template GM/WM/CSF maps at 6 mm, keyed by tissue."""
+    return {k: downsample(getattr(template2, k.lower()), 3) for k in ("GM", "WM", "CSF")}
