@@ -164,6 +164,10 @@ def atomic_path(dest: str | os.PathLike[str]) -> Iterator[Path]:
     )
     os.close(fd)
     tmp_path = Path(tmp)
+    # mkstemp makes 0600 files: give the output the permissions a plain open() would (umask)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp_path, 0o666 & ~umask)
     try:
         yield tmp_path
         os.replace(tmp_path, dest)
@@ -214,3 +218,5 @@ def read_json(path: str | os.PathLike[str]) -> Any:
         raise InputError("file does not exist", path) from exc
     except json.JSONDecodeError as exc:
         raise InputError(f"invalid JSON ({exc.msg} at line {exc.lineno})", path) from exc
+    except OSError as exc:
+        raise InputError(f"cannot read file ({exc.strerror})", path) from exc

@@ -95,3 +95,15 @@ def test_atomic_path_leaves_nothing_on_failure(tmp_path):
         assert tmp.name.endswith(".nii.gz") and tmp.parent == tmp_path
         tmp.write_bytes(b"ok")
     assert dest.read_bytes() == b"ok" and len(list(tmp_path.iterdir())) == 1
+
+
+def test_atomic_outputs_get_normal_permissions(tmp_path):
+    import os
+    import stat
+
+    umask = os.umask(0o022)
+    try:
+        path = save_image(_img(), tmp_path / "a.nii.gz")
+    finally:
+        os.umask(umask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
