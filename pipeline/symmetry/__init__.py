@@ -4,16 +4,36 @@
 - :mod:`._so3`: uniform sampling of :math:`SO(3)` and rotation helpers.
 - :mod:`._resample`: rotations of volumes in physical space, with (differentiable) resampling.
 - :mod:`._measures`: :func:`equivariance_error` and the resampling floor.
+- :mod:`._actions`: translations and rigid motions, header-only actions on images (axis
+  permutations, orientation codes, header poses), intensity gauges (gain, monotone contrast, bias
+  field, Rician noise), circular time shifts, permutations of set elements.
+- :mod:`._lie`: Lie derivatives along the rotation generators by a JVP through the resampler.
 
 An *action* is any callable on a batch of volumes; resampled actions also have ``inverse()``.
 """
 
+from pipeline.symmetry._actions import (
+    AxisPermutation,
+    BiasField,
+    Gain,
+    HeaderPose,
+    MonotoneContrast,
+    RicianNoise,
+    RigidMotion,
+    SetPermutation,
+    TimeShift,
+    Translation,
+    VoxelShift,
+    reorient_image,
+    rigid_matrix,
+)
 from pipeline.symmetry._cube import (
     CubeRotation,
     cube_multiplication_table,
     cube_rotations,
     rotate_cube,
 )
+from pipeline.symmetry._lie import lie_derivative, lie_derivative_norm, rotation_generators
 from pipeline.symmetry._measures import equivariance_error, relative_error, resampling_floor
 from pipeline.symmetry._resample import Rotation, rotate_image, rotate_volume
 from pipeline.symmetry._so3 import (
@@ -24,18 +44,34 @@ from pipeline.symmetry._so3 import (
 )
 
 __all__ = [
+    "AxisPermutation",
+    "BiasField",
     "CubeRotation",
+    "Gain",
+    "HeaderPose",
+    "MonotoneContrast",
+    "RicianNoise",
+    "RigidMotion",
     "Rotation",
+    "SetPermutation",
+    "TimeShift",
+    "Translation",
+    "VoxelShift",
     "axis_angle_matrix",
     "cube_multiplication_table",
     "cube_rotations",
     "equivariance_error",
+    "lie_derivative",
+    "lie_derivative_norm",
     "quaternion_matrix",
     "random_rotations",
     "relative_error",
+    "reorient_image",
+    "rigid_matrix",
     "resampling_floor",
     "rotate_cube",
     "rotate_image",
     "rotate_volume",
     "rotation_angle",
+    "rotation_generators",
 ]
