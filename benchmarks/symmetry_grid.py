@@ -486,7 +486,10 @@ def main(argv: list[str] | None = None) -> int:
         text = report(results, args.scale, scale, device, time.perf_counter() - t0)
     print(text)  # noqa: T201 - the benchmark's report
     if args.figure:
-        _figure(results, args.figure)
+        try:
+            _figure(results, args.figure)
+        except ImportError as exc:  # matplotlib is optional on GPU nodes
+            logger.warning("no figure: %s", exc)
     if not args.no_write:
         write_section(f"symmetry_grid_{args.scale}_{device.type}", text)
     return 0
