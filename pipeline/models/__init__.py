@@ -12,13 +12,16 @@ from pipeline.models._layers import (
     pad_to_centred,
 )
 from pipeline.models._registry import MODEL_NAMES, build_model
+from pipeline.models.vae import VAE, train_vae  # also registers "vae" with build_model
 
 __all__ = [
     "MODEL_NAMES",
+    "VAE",
     "BlurPool3d",
     "build_model",
     "centred_size",
     "is_centred_size",
     "n_parameters",
     "pad_to_centred",
+    "train_vae",
 ]
