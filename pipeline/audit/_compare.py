@@ -1,0 +1,112 @@
+"""Pair a subject's derivatives from a transformed run with the untransformed ones and measure
+the residuals (template-space outputs only: those are the ones meant to be invariant)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+
+from pipeline.audit._measures import (
+    connectivity_rmsd,
+    dice,
+    probability_mad,
+    rank_correlation,
+    timeseries_correlation,
+    zscore_rmsd,
+)
+
+__all__ = ["compare_derivatives", "output_label"]
+
+logger = logging.getLogger(__name__)
+
+
+def output_label(name: str, subject: str) -> str:
+    """Short label of a derivative file: its name without ``sub-X_`` and extension."""
+    label = name.removeprefix(f"sub-{subject}_")
+    for ext in (".nii.gz", ".tsv", ".nii"):
+        label = label.removesuffix(ext)
+    return label
+
+
+def _load(path: Path) -> np.ndarray:
+    return np.asarray(nib.load(path).get_fdata(dtype=np.float32))
+
+
+def _table(path: Path) -> pd.DataFrame:
+    return pd.read_csv(path, sep="\t")
+
+
+def _anat_rows(ref: Path, other: Path, subject: str) -> list[dict]:
+    rows: list[dict] = []
+    files = sorted(ref.glob(f"sub-{subject}/anat/*space-*.nii.gz"))
+    masks = [f for f in files if f.name.endswith("_desc-brain_mask.nii.gz")]
+    ref_mask = _load(masks[0]) if masks else None
+    union = ref_mask
+    if masks and (other / masks[0].relative_to(ref)).is_file():
+        union = np.maximum(ref_mask, _load(other / masks[0].relative_to(ref)))
+    for f in files:
+        g = other / f.relative_to(ref)
+        if not g.is_file():
+            continue
+        a, b = _load(f), _load(g)
+        label = output_label(f.name, subject)
+        if f.name.endswith("_mask.nii.gz"):
+            d = dice(a, b)
+            rows.append({"output": label, "measure": "dice", "value": d, "residual": 1 - d})
+        elif f.name.endswith("_probseg.nii.gz"):
+            v = probability_mad(a, b, union)
+            rows.append({"output": label, "measure": "mean_abs_diff", "value": v, "residual": v})
+        else:
+            r = rank_correlation(a, b, ref_mask)
+            rows.append({"output": label, "measure": "rank_corr", "value": r, "residual": 1 - r})
+            z = zscore_rmsd(a, b, ref_mask)
+            rows.append({"output": label, "measure": "zscore_rmsd", "value": z, "residual": z})
+    return rows
+
+
+def _func_rows(ref: Path, other: Path, subject: str, time_shift: int) -> list[dict]:
+    rows: list[dict] = []
+    for f in sorted(ref.glob(f"sub-{subject}/func/*.tsv")):
+        g = other / f.relative_to(ref)
+        if not g.is_file():
+            continue
+        label = output_label(f.name, subject)
+        name = f.name
+        try:
+            if name.endswith("_relmat.tsv") or "connectivity" in name:
+                a, b = _table(f), _table(g)
+                a = a.select_dtypes("number").to_numpy()
+                b = b.select_dtypes("number").to_numpy()
+                v = connectivity_rmsd(a, b)
+                rows.append({"output": label, "measure": "fc_rmsd", "value": v, "residual": v})
+            elif name.endswith("_timeseries.tsv") and "desc-carpet" not in name:
+                a = _table(f).select_dtypes("number").to_numpy()
+                b = _table(g).select_dtypes("number").to_numpy()
+                r = timeseries_correlation(a, b, time_shift)
+                measure = "confounds_corr" if "desc-confounds" in name else "timeseries_corr"
+                rows.append({"output": label, "measure": measure, "value": r, "residual": 1 - r})
+        except ValueError as exc:  # shapes differ: a transformed run lost or gained volumes
+            logger.warning("audit: cannot compare %s: %s", name, exc)
+            rows.append({"output": label, "measure": "comparable", "value": 0.0, "residual": 1.0})
+    return rows
+
+
+def compare_derivatives(
+    reference_dir: Path, other_dir: Path, subject: str, time_shift: int = 0
+) -> pd.DataFrame:
+    """Residuals of every template-space anatomical output and every functional table of
+    ``subject`` in ``other_dir`` relative to ``reference_dir``.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``output``, ``measure``, ``value`` (the raw measure) and ``residual`` (0 for an
+        exactly invariant output; larger is worse).
+    """
+    rows = _anat_rows(Path(reference_dir), Path(other_dir), subject)
+    rows += _func_rows(Path(reference_dir), Path(other_dir), subject, time_shift)
+    return pd.DataFrame(rows, columns=["output", "measure", "value", "residual"])
