@@ -5,11 +5,18 @@ the run by :math:`1000/\bar y` (:math:`\bar y` the 4-D mean inside the brain mas
 did for ABIDE; ``psc`` expresses each voxel in percent of its temporal mean,
 :math:`100\,(y_t-\bar y_v)/\bar y_v`; ``zscore`` standardises each voxel over time.
 
-**Denoising presets** (ABIDE Preprocessed's four strategies): every preset regresses the 24
-motion parameters (Friston), the first aCompCor components, linear/quadratic trends, and, for
-``*_global``, the global signal; ``filt_*`` band-passes 0.01–0.1 Hz. Regression and filtering are
-done together by :func:`nilearn.signal.clean` (confounds filtered like the signals, then projected
-out). Both are linear in the signal, so applying them to ROI means equals averaging cleaned voxels.
+**Denoising presets** (ABIDE Preprocessed's four strategies, plus ``minimal``: 6P + trends, for
+short runs): the ABIDE presets regress the 24 motion parameters (Friston), the first aCompCor
+components, linear/quadratic trends and, for ``*_global``, the global signal; ``filt_*``
+band-passes 0.01–0.1 Hz. Regression and filtering are linear in the signal, so applying them to
+ROI means equals averaging cleaned voxels.
+
+As in C-PAC's ABIDE pipeline, confounds are regressed first (:func:`nilearn.signal.clean`, no
+filtering) and the residuals are band-passed afterwards with an ideal FFT filter (AFNI
+``3dBandpass`` style). Filtering the confounds too and regressing within the band (nilearn's
+simultaneous approach) is better in theory but leaves no degrees of freedom in short runs: a
+60-volume run at TR 2 s has about 20 dimensions in 0.01–0.1 Hz, fewer than the 32 regressors of
+``filt_global``.
 """
 
 from __future__ import annotations
@@ -69,6 +76,8 @@ PRESETS: dict[str, DenoisePreset] = {
     "filt_noglobal": DenoisePreset("filt_noglobal"),
     "nofilt_global": DenoisePreset("nofilt_global", global_signal=True, band=None),
     "nofilt_noglobal": DenoisePreset("nofilt_noglobal", band=None),
+    # not an ABIDE strategy: six motion parameters and trends only, for short runs
+    "minimal": DenoisePreset("minimal", motion="6P", compcor=0, band=None),
 }
 
 
@@ -132,6 +141,7 @@ def denoise(
         preset = PRESETS[preset]
     x = np.asarray(signals, dtype=np.float64)
     mean = x.mean(axis=0, keepdims=True)
+    x = x - mean
     conf = preset_confounds(confounds, preset)
     if conf.shape[1] >= x.shape[0] - 2:
         logger.warning(
@@ -140,16 +150,15 @@ def denoise(
             conf.shape[1],
             x.shape[0],
         )
-    if preset.band is not None:
-        x = bandpass(x, tr, preset.band)
-        conf = bandpass(conf, tr, preset.band) if conf.shape[1] else conf
     cleaned = signal.clean(
         x,
         confounds=conf if conf.shape[1] else None,
         detrend=False,
-        standardize=False,
+        standardize=None,
         standardize_confounds=True,
         filter=False,
         t_r=tr,
     )
+    if preset.band is not None:
+        cleaned = bandpass(cleaned, tr, preset.band)
     return cleaned + mean

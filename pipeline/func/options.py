@@ -70,11 +70,11 @@ class FuncOptions(StrictOptions):
         "percent signal change, per-voxel z-score, or none.",
     )
     denoise_strategies: list[
-        Literal["filt_global", "filt_noglobal", "nofilt_global", "nofilt_noglobal"]
+        Literal["filt_global", "filt_noglobal", "nofilt_global", "nofilt_noglobal", "minimal"]
     ] = Field(
         ["filt_global", "filt_noglobal", "nofilt_global", "nofilt_noglobal"],
-        description="Denoising presets (ABIDE Preprocessed): 24P + aCompCor + trends, "
-        "[global signal], [0.01-0.1 Hz band-pass].",
+        description="Denoising presets: the ABIDE Preprocessed four (24P + aCompCor + trends, "
+        "[global signal], [0.01-0.1 Hz band-pass]) and 'minimal' (6P + trends, for short runs).",
     )
     write_denoised_bold: bool = Field(
         False,

@@ -639,6 +639,9 @@ class FuncDataSink(SimpleInterface):
         ents = dict(self.inputs.entities)
         suffix = ents.pop("suffix")
         ext = _extension(self.inputs.in_file)
+        compress = ext == ".nii"  # work-dir images are uncompressed (fast); outputs are .nii.gz
+        if compress:
+            ext = ".nii.gz"
         dest = derivative_path(
             self.inputs.base_directory,
             self.inputs.subject,
@@ -647,8 +650,11 @@ class FuncDataSink(SimpleInterface):
             extension=ext,
             **ents,
         )
-        with atomic_path(dest) as tmp:
-            shutil.copyfile(self.inputs.in_file, tmp)
+        if compress:
+            save_image(nib.load(self.inputs.in_file), dest)
+        else:
+            with atomic_path(dest) as tmp:
+                shutil.copyfile(self.inputs.in_file, tmp)
         self._results["out_file"] = str(dest)
         if ext != ".json":
             meta = dict(self.inputs.meta_dict) if isdefined(self.inputs.meta_dict) else {}
