@@ -14,6 +14,7 @@ Scratch runs go to ``WORK_DIR/audit/sub-X/{reference,g01,...}`` (inputs ``bids``
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import asdict
 from pathlib import Path
 
@@ -168,7 +169,8 @@ def plot_residuals(table: pd.DataFrame, dest: Path, title: str = "invariance aud
         ax.scatter(vals, [i] * len(vals), s=18, alpha=0.7, color="tab:blue")
         if len(vals):
             ax.plot([pd.Series(vals).median()] * 2, [i - 0.3, i + 0.3], color="k", lw=1.5)
-    ax.set_yticks(range(len(labels)), labels, fontsize=7)
+    short = [re.sub(r"space-[^_]+_(res-[^_]+_)?", "", lab) for lab in labels]
+    ax.set_yticks(range(len(labels)), short, fontsize=7)
     ax.set_xlabel("residual vs untransformed run (0 = invariant)")
     ax.set_title(title, fontsize=9)
     ax.grid(axis="x", alpha=0.3)
