@@ -1,0 +1,133 @@
+"""Group-level facts for the reports: source BIDS folder, participants, harmonization embedding."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+import numpy as np
+import pandas as pd
+
+from pipeline.io import read_json
+from pipeline.reports._collect import read_table
+
+logger = logging.getLogger(__name__)
+
+#: at most this many features are read from the harmonized table for the embedding
+MAX_EMBED_FEATURES = 2000
+
+
+def template(resolution: int):
+    """The MNI template at ``resolution`` mm (one indirection so tests can substitute a small one)."""
+    from pipeline.data.templates import load_template
+
+    return load_template(resolution if resolution in (1, 2) else 2)
+
+
+def source_bids_dir(output_dir: Path) -> Path | None:
+    """The BIDS folder named in ``dataset_description.json`` (``SourceDatasets[].URL`` file://)."""
+    desc = Path(output_dir) / "dataset_description.json"
+    if not desc.exists():
+        return None
+    try:
+        sources = read_json(desc).get("SourceDatasets", [])
+    except (OSError, ValueError):
+        return None
+    for src in sources:
+        url = urlparse(str(src.get("URL", "")))
+        if url.scheme == "file" and Path(unquote(url.path)).is_dir():
+            return Path(unquote(url.path))
+    return None
+
+
+def participants_table(bids_dir: Path | None) -> pd.DataFrame:
+    """``participants.tsv`` indexed by label without ``sub-`` (empty when there is none)."""
+    if bids_dir is None or not (Path(bids_dir) / "participants.tsv").exists():
+        return pd.DataFrame()
+    table = read_table(Path(bids_dir) / "participants.tsv")
+    if table is None or "participant_id" not in table:
+        return pd.DataFrame()
+    table["participant_id"] = table["participant_id"].astype(str).str.removeprefix("sub-")
+    return table.set_index("participant_id")
+
+
+def _gm_row(
+    output_dir: Path, subject: str, mask: np.ndarray, columns: np.ndarray
+) -> np.ndarray | None:
+    import nibabel as nib
+
+    hits = sorted(
+        (Path(output_dir) / f"sub-{subject}" / "anat").glob(
+            f"sub-{subject}_space-*_label-GM_probseg.nii.gz"
+        )
+    )
+    if not hits:
+        return None
+    data = np.asarray(nib.load(hits[0]).dataobj, dtype=np.float32)
+    if data.shape != mask.shape:
+        return None
+    return data[mask][columns]
+
+
+def harmonization_embedding(output_dir: Path, resolution: int = 2) -> pd.DataFrame | None:
+    r"""Two principal components of GM features before and after ComBat, on shared axes.
+
+    With :math:`X` the subjects' features before harmonization (a sample of at most
+    :data:`MAX_EMBED_FEATURES` voxels), mean :math:`\mu` and top right-singular vectors
+    :math:`V_2` of :math:`X - \mu`, both :math:`(X - \mu) V_2` and :math:`(X_h - \mu) V_2` are
+    returned, so site clusters that ComBat removed visibly collapse.
+    The result is cached in ``group/figures/harmonization_embedding.tsv``.
+
+    Returns
+    -------
+    DataFrame or None
+        Index participant label; columns ``pc1_before``, ``pc2_before``, ``pc1_after``,
+        ``pc2_after``. ``None`` when harmonization has not run.
+    """
+    output_dir = Path(output_dir)
+    harm = output_dir / "group" / "harmonization" / "desc-harmonized_features.tsv"
+    cache = output_dir / "group" / "figures" / "harmonization_embedding.tsv"
+    if not harm.exists():
+        return None
+    if cache.exists() and cache.stat().st_mtime >= harm.stat().st_mtime:
+        return pd.read_csv(cache, sep="\t", index_col=0, dtype={0: str})
+    from pipeline.io import write_text
+
+    header = pd.read_csv(harm, sep="\t", nrows=0).columns
+    index_col, feat_cols = header[0], np.asarray(header[1:])
+    rng = np.random.default_rng(0)
+    pick = np.sort(
+        rng.choice(len(feat_cols), size=min(MAX_EMBED_FEATURES, len(feat_cols)), replace=False)
+    )
+    after = pd.read_csv(harm, sep="\t", usecols=[index_col, *feat_cols[pick]], index_col=0)
+    after.index = after.index.astype(str).str.removeprefix("sub-")
+    mask = template(resolution).mask.get_fdata() > 0
+    try:
+        columns = feat_cols[pick].astype(int)
+    except ValueError:
+        logger.warning("%s: feature columns are not voxel indices; no embedding", harm)
+        return None
+    if mask.sum() <= columns.max():
+        return None
+    rows = {s: _gm_row(output_dir, s, mask, columns) for s in after.index}
+    keep = [s for s, r in rows.items() if r is not None]
+    if len(keep) < 3:
+        return None
+    before = np.stack([rows[s] for s in keep]).astype(np.float64)
+    post = after.loc[keep].to_numpy(dtype=np.float64)
+    mu = before.mean(axis=0)
+    _, _, vt = np.linalg.svd(before - mu, full_matrices=False)
+    v = vt[:2].T
+    pb, pa = (before - mu) @ v, (post - mu) @ v
+    table = pd.DataFrame(
+        {
+            "pc1_before": pb[:, 0],
+            "pc2_before": pb[:, 1] if pb.shape[1] > 1 else 0.0,
+            "pc1_after": pa[:, 0],
+            "pc2_after": pa[:, 1] if pa.shape[1] > 1 else 0.0,
+        },
+        index=pd.Index(keep, name="participant"),
+    )
+    write_text(cache, table.to_csv(sep="\t"))
+    return table

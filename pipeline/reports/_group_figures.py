@@ -1,0 +1,112 @@
+"""Group report figures: registration QC distributions, harmonization embedding, training curves."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+from pipeline.reports._render import Figure, save_figure
+
+
+def embedding_figure(
+    table: pd.DataFrame,
+    sites: pd.Series | None,
+    out: Path,
+    html_dir: Path,
+    highlight: str | None = None,
+) -> Figure:
+    """Subjects on the first two principal axes of GM features, before and after ComBat."""
+    fig, axes = plt.subplots(1, 2, figsize=(9, 4), sharex=True, sharey=True)
+    site = (
+        sites.reindex(table.index).fillna("unknown").astype(str)
+        if sites is not None
+        else pd.Series("all", index=table.index)
+    )
+    for ax, stage in zip(axes, ("before", "after"), strict=True):
+        for name in sorted(site.unique()):
+            sel = site == name
+            ax.scatter(
+                table.loc[sel, f"pc1_{stage}"],
+                table.loc[sel, f"pc2_{stage}"],
+                s=18,
+                label=name,
+                alpha=0.8,
+            )
+        if highlight is not None and highlight in table.index:
+            ax.scatter(
+                table.loc[highlight, f"pc1_{stage}"],
+                table.loc[highlight, f"pc2_{stage}"],
+                s=160,
+                facecolors="none",
+                edgecolors="red",
+                linewidths=2,
+                label=f"sub-{highlight}",
+            )
+        ax.set_title(f"{stage} harmonization", fontsize=9)
+        ax.set_xlabel("PC1", fontsize=8)
+        ax.tick_params(labelsize=7)
+    axes[0].set_ylabel("PC2", fontsize=8)
+    axes[1].legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    who = f"sub-{highlight} (red circle) among all subjects" if highlight else "Subjects"
+    return save_figure(
+        fig,
+        out,
+        html_dir,
+        f"{who} on the first two principal axes of grey-matter features (axes fitted "
+        "before harmonization, shared by both panels), coloured by site.",
+    )
+
+
+def qc_distribution_figure(
+    qc: pd.DataFrame, thresholds: dict[str, tuple[str, float]], out: Path, html_dir: Path
+) -> Figure | None:
+    """One strip per registration QC metric (a dot per subject), thresholds dashed."""
+    metrics = [c for c in qc.columns if pd.api.types.is_numeric_dtype(qc[c])]
+    if not metrics:
+        return None
+    fig, axes = plt.subplots(1, len(metrics), figsize=(2.2 * len(metrics), 3), squeeze=False)
+    rng = np.random.default_rng(0)
+    for ax, col in zip(axes[0], metrics, strict=True):
+        vals = qc[col].to_numpy(dtype=float)
+        ax.scatter(rng.uniform(-0.2, 0.2, len(vals)), vals, s=14, alpha=0.8)
+        ax.boxplot(vals[np.isfinite(vals)], positions=[0], widths=0.6, showfliers=False)
+        if col in thresholds:
+            kind, value = thresholds[col]
+            ax.axhline(value, color="red", ls="--", lw=0.8)
+            ax.set_xlabel(f"{kind} {value:g}", fontsize=7, color="red")
+        ax.set_title(col, fontsize=9)
+        ax.set_xticks([])
+        ax.tick_params(labelsize=7)
+    fig.tight_layout()
+    return save_figure(
+        fig,
+        out,
+        html_dir,
+        "Registration QC across subjects (one dot per subject; red dashes: QC thresholds).",
+    )
+
+
+def training_curves_figure(
+    logs: dict[str, pd.DataFrame], out: Path, html_dir: Path
+) -> Figure | None:
+    """Training loss and every ``test_*`` metric against epoch, one line per model."""
+    if not logs:
+        return None
+    cols = ["train_loss"] + sorted(
+        {c for t in logs.values() for c in t.columns if c.startswith("test_")}
+    )
+    fig, axes = plt.subplots(1, len(cols), figsize=(3.2 * len(cols), 3), squeeze=False)
+    for ax, col in zip(axes[0], cols, strict=True):
+        for name, table in logs.items():
+            if col in table and "epoch" in table:
+                ax.plot(table["epoch"], table[col], marker="o", ms=3, label=name)
+        ax.set_title(col, fontsize=9)
+        ax.set_xlabel("epoch", fontsize=8)
+        ax.tick_params(labelsize=7)
+    axes[0, 0].legend(fontsize=7)
+    fig.tight_layout()
+    return save_figure(fig, out, html_dir, "Training curves of the trained models.")

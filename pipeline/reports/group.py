@@ -1,0 +1,312 @@
+"""Group HTML report ``OUTPUT_DIR/group/report.html`` built from the group outputs that exist.
+
+Sections: a sortable participants table (status, site, registration and functional QC, flags,
+link to each subject's report), the registration-QC distribution, harmonization (site prediction
+before/after, biology kept, the subjects' embedding), the model grid and training curves, and the
+invariance-audit summary. Figures are PNG files in ``group/figures/`` (harmonization figures are
+linked where :func:`pipeline.gauge.run_harmonization` wrote them).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from pipeline.io import read_json
+from pipeline.reports._collect import collect_subject, read_table, subjects_in
+from pipeline.reports._group_data import (
+    harmonization_embedding,
+    participants_table,
+    source_bids_dir,
+)
+from pipeline.reports._group_figures import (
+    embedding_figure,
+    qc_distribution_figure,
+    training_curves_figure,
+)
+from pipeline.reports._methods import Methods, group_methods, snakemake_sentence
+from pipeline.reports._render import Figure, render_page
+from pipeline.reports._tables import audit_tables, fmt, frame_table
+
+logger = logging.getLogger(__name__)
+
+SECTIONS = ["participants", "registration-qc", "harmonization", "models", "invariance", "methods"]
+_THRESHOLDS = {
+    "qc_min_mi": "mi",
+    "qc_min_rank_corr": "rank_corr",
+    "qc_min_dice": "dice",
+    "qc_max_folding": "folding",
+}
+_FUNC_QC = ("fd_mean", "pct_outliers", "tsnr_median")
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        return read_json(path)
+    except (OSError, ValueError):
+        return {}
+
+
+def _cell(value: Any, cls: str = "", href: str = "") -> dict[str, Any]:
+    text = fmt(value)
+    num = value if isinstance(value, int | float) and not isinstance(value, bool) else None
+    sort = text if num is None or (isinstance(num, float) and math.isnan(num)) else repr(num)
+    return {"text": text, "value": sort, "cls": cls, "href": href}
+
+
+def _participants(output_dir: Path, sites: pd.DataFrame) -> tuple[dict, pd.DataFrame, dict]:
+    """Participants table, the registration-QC metrics frame and the QC thresholds."""
+    status_tsv = output_dir / "group" / "participants_status.tsv"
+    status = read_table(status_tsv) if status_tsv.exists() else None
+    subjects = subjects_in(output_dir)
+    if status is not None and "participant" in status:
+        subjects = sorted(
+            set(subjects) | set(status["participant"].astype(str).str.removeprefix("sub-"))
+        )
+        status = status.assign(
+            participant=status["participant"].astype(str).str.removeprefix("sub-")
+        ).set_index("participant")
+    qc_rows, thresholds, rows = {}, {}, []
+    metric_cols: list[str] = []
+    for sub in subjects:
+        out = collect_subject(output_dir, sub)
+        qc = _read(out.anat["qc_json"]) if "qc_json" in out.anat else {}
+        for key, metric in _THRESHOLDS.items():
+            if key in qc.get("thresholds", {}):
+                thresholds[metric] = (
+                    "min" if "min" in key else "max",
+                    float(qc["thresholds"][key]),
+                )
+        metrics = {
+            k: v for k, v in qc.items() if isinstance(v, int | float) and not isinstance(v, bool)
+        }
+        metric_cols += [k for k in metrics if k not in metric_cols]
+        if metrics:
+            qc_rows[sub] = metrics
+        fqc = _read(out.func["qc_json"]) if "qc_json" in out.func else {}
+        if status is not None and sub in status.index:
+            st = str(status.loc[sub, "status"])
+            err = status.loc[sub, "error"] if "error" in status else ""
+            stage = status.loc[sub, "stage"] if "stage" in status else ""
+        else:
+            st = "ok" if out.status else ("failed" if out.failure else "missing")
+            err = (out.failure or {}).get("error", "")
+            stage = (out.failure or {}).get("stage", "")
+        err = "" if isinstance(err, float) else str(err)
+        stage = "" if isinstance(stage, float) else str(stage)
+        flags = list(qc.get("failures", []))
+        if st != "ok":
+            flags.insert(0, f"{stage or 'run'}: {err}" if err else st)
+        report = output_dir / f"sub-{sub}.html"
+        rows.append(
+            {
+                "sub": _cell(
+                    f"sub-{sub}",
+                    href=os.path.relpath(report, output_dir / "group") if report.exists() else "",
+                ),
+                "site": _cell(sites["site"].get(sub, "") if "site" in sites else ""),
+                "status": _cell(st, {"ok": "ok", "failed": "fail"}.get(st, "warn")),
+                "qc": _cell(
+                    "" if "passed" not in qc else ("pass" if qc["passed"] else "FAIL"),
+                    "" if "passed" not in qc else ("ok" if qc["passed"] else "fail"),
+                ),
+                "metrics": metrics,
+                "func": {k: fqc.get(k) for k in _FUNC_QC},
+                "flags": _cell("; ".join(flags), "fail" if flags else ""),
+            }
+        )
+    func_cols = [k for k in _FUNC_QC if any(r["func"][k] is not None for r in rows)]
+    table = {
+        "columns": [
+            "participant",
+            "site",
+            "status",
+            "registration QC",
+            *metric_cols,
+            *func_cols,
+            "flags",
+        ],
+        "rows": [
+            [
+                r["sub"],
+                r["site"],
+                r["status"],
+                r["qc"],
+                *[_cell(r["metrics"].get(c)) for c in metric_cols],
+                *[_cell(r["func"][c]) for c in func_cols],
+                r["flags"],
+            ]
+            for r in rows
+        ],
+    }
+    qc_frame = pd.DataFrame.from_dict(qc_rows, orient="index")
+    return table, qc_frame, thresholds
+
+
+def _harmonization(
+    output_dir: Path, sites: pd.DataFrame, fig_dir: Path
+) -> tuple[dict | None, list[Figure], dict]:
+    hdir = output_dir / "group" / "harmonization"
+    qc = _read(hdir / "qc.json") if (hdir / "qc.json").exists() else {}
+    tables = []
+    for name, title in (
+        ("site_prediction.tsv", "Site prediction before / after ComBat"),
+        ("effects.tsv", "Biological effects kept"),
+    ):
+        frame = read_table(hdir / name) if (hdir / name).exists() else None
+        if frame is not None:
+            tables.append(frame_table(frame, title))
+    group_dir = output_dir / "group"
+    figures = [
+        Figure(p.stem, os.path.relpath(p, group_dir).replace(os.sep, "/"), caption, *_png_size(p))
+        for p, caption in (
+            (
+                hdir / "site_prediction.png",
+                "Site-prediction balanced accuracy before and after harmonization.",
+            ),
+            (hdir / "effect_maps.png", "Biological effect maps before and after harmonization."),
+            (
+                hdir / "site_pc1.png",
+                "Site means along the first principal component before and after.",
+            ),
+        )
+        if p.exists()
+    ]
+    emb = None
+    try:
+        emb = harmonization_embedding(output_dir)
+    except Exception as exc:  # noqa: BLE001
+        logger.warning("harmonization embedding skipped: %s", exc)
+    if emb is not None:
+        figures.append(
+            embedding_figure(
+                emb,
+                sites.get("site", None),
+                fig_dir / "harmonization_embedding.png",
+                group_dir,
+            )
+        )
+    if not tables and not figures:
+        return None, [], qc
+    return {"tables": tables, "figures": figures}, figures, qc
+
+
+def _png_size(path: Path) -> tuple[int, int]:
+    """Pixel width and height from a PNG header."""
+    with open(path, "rb") as fh:
+        head = fh.read(24)
+    if head[:8] != b"\x89PNG\r\n\x1a\n":
+        return 0, 0
+    return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+
+
+def _models(output_dir: Path, fig_dir: Path) -> tuple[dict | None, list[Figure], list[str]]:
+    mdir = output_dir / "group" / "models"
+    rows, logs, names = [], {}, []
+    for metrics_path in sorted(mdir.glob("*/metrics.json")) if mdir.is_dir() else []:
+        m = _read(metrics_path)
+        name = metrics_path.parent.name
+        names.append(str(m.get("model", name)))
+        row = {
+            "run": name,
+            "model": m.get("model", name),
+            "task": m.get("task", ""),
+            "parameters": m.get("n_parameters"),
+            "device": m.get("device", ""),
+            "epochs": m.get("epochs"),
+        }
+        for split in ("train", "test"):
+            for k, v in (m.get(split) or {}).items():
+                if isinstance(v, int | float):
+                    row[f"{split}_{k}"] = v
+        rows.append(row)
+        log = metrics_path.parent / "log.csv"
+        frame = read_table(log) if log.exists() else None
+        if frame is not None:
+            logs[name] = frame
+    if not rows:
+        return None, [], []
+    frame = pd.DataFrame(rows)
+    table = {
+        "columns": list(frame.columns),
+        "rows": [
+            [_cell(None if pd.isna(v) else v) for v in r] for r in frame.itertuples(index=False)
+        ],
+    }
+    fig = training_curves_figure(logs, fig_dir / "training_curves.png", output_dir / "group")
+    figs = [fig] if fig else []
+    return {"table": table, "figures": figs}, figs, names
+
+
+def build_group_report(output_dir: Path) -> Path:
+    """Write ``OUTPUT_DIR/group/report.html`` and its figures from the outputs that exist.
+
+    Parameters
+    ----------
+    output_dir : Path
+        symprep output folder (BIDS-Derivatives).
+
+    Returns
+    -------
+    Path
+        The HTML file.
+    """
+    output_dir = Path(output_dir)
+    group_dir = output_dir / "group"
+    fig_dir = group_dir / "figures"
+    sites = participants_table(source_bids_dir(output_dir))
+    participants, qc_frame, thresholds = _participants(output_dir, sites)
+    qc_figs = []
+    if not qc_frame.empty:
+        fig = qc_distribution_figure(
+            qc_frame, thresholds, fig_dir / "registration_qc.png", group_dir
+        )
+        qc_figs = [fig] if fig else []
+    harm, harm_figs, harm_qc = _harmonization(output_dir, sites, fig_dir)
+    models, model_figs, model_names = _models(output_dir, fig_dir)
+    summary = (
+        _read(group_dir / "group_summary.json")
+        if (group_dir / "group_summary.json").exists()
+        else {}
+    )
+    n = len(participants["rows"])
+    n_ok = sum(r[2]["text"] == "ok" for r in participants["rows"])
+    pairs = [
+        ("Participants", str(n)),
+        ("Completed", str(n_ok)),
+        ("Failed or missing", str(n - n_ok)),
+    ]
+    reason = "Harmonization has not run."
+    stage = summary.get("stages", {}).get("harmonization", {})
+    if stage.get("status") == "skipped":
+        reason = f"Harmonization skipped: {stage.get('reason', 'no reason recorded')}."
+    methods = Methods()
+    group_methods(methods, harm_qc if harm else None, model_names)
+    if (output_dir / ".snakemake").exists():
+        snakemake_sentence(methods)
+    if not methods.sentences:
+        methods.add(
+            "No group stage has produced results yet; see the subject reports for the "
+            "participant-level methods"
+        )
+    return render_page(
+        "group.html.j2",
+        group_dir / "report.html",
+        qc_figs + harm_figs + model_figs,
+        title="symprep group report",
+        subtitle=str(output_dir),
+        sections=SECTIONS,
+        summary={"pairs": pairs},
+        participants=participants,
+        qc_figures=qc_figs,
+        harmonization=harm,
+        harmonization_reason=reason,
+        models=models,
+        invariance=audit_tables(output_dir),
+        methods=methods,
+    )
