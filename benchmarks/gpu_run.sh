@@ -82,7 +82,7 @@ if [[ -n "$NEED" ]]; then
         ln -s "$DEPS/site/$m" "$OVERLAY/$m"
     done
 fi
-export PYTHONPATH="$ROOT:$OVERLAY"
+export PYTHONPATH="$ROOT:$OVERLAY${PYTHONPATH:+:$PYTHONPATH}"
 if ! "$PY" -c 'import e3nn, pipeline.models, pipeline.models.training, benchmarks.symmetry_grid' ; then
     echo "FAIL: cannot import the models with $PY (bundle built for python $(cat "$DEPS/python_version.txt" 2> /dev/null); compiled pydantic_core must match)"
     exit 4

@@ -8,6 +8,8 @@
     symprep fetch-abide OUT --site NYU --n-subjects 5
     symprep config                     # print the documented default configuration
     symprep train ...                  # train a model (see symprep train --help)
+    symprep audit BIDS_DIR OUTPUT_DIR --participant-label X --n-transforms K
+    symprep reports BIDS_DIR OUTPUT_DIR   # rebuild the HTML reports from existing outputs
 
 User errors (:class:`pipeline.errors.SymprepError`) are printed as one line, without a traceback,
 and the exit status is non-zero; ``--debug`` shows the traceback.
@@ -32,6 +34,8 @@ SUBCOMMANDS = {
     "fetch-abide": "pipeline.commands.fetch_abide",
     "config": "pipeline.commands.show_config",
     "train": "pipeline.commands.train",
+    "audit": "pipeline.commands.audit",
+    "reports": "pipeline.commands.reports",
 }
 
 

@@ -93,9 +93,19 @@ def run_group(
     if config.gauge.enabled and config.anat.enabled:
         summary["stages"]["harmonization"] = _harmonize(output_dir, usable, participants, config)
     write_json(group_dir / "group_summary.json", summary)
+    _group_report(output_dir)
     if summary["left_out"]:
         logger.warning("left out of the group stages: %s", ", ".join(summary["left_out"]))
     return 1 if summary["left_out"] else 0
+
+
+def _group_report(output_dir: Path) -> None:
+    from pipeline.reports import build_group_report
+
+    try:
+        build_group_report(output_dir)
+    except Exception as exc:  # noqa: BLE001 - a report problem never costs the group results
+        logger.warning("group report not written (%s: %s)", type(exc).__name__, exc)
 
 
 def _harmonize(

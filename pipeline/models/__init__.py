@@ -1,5 +1,5 @@
 """3D models for brain volumes: plain CNN, octahedral group CNN, SO(3)-steerable CNN, relaxed group
-CNN.
+CNN, and a VAE (optionally with a rotation-invariant encoder).
 
 Use :func:`build_model`; training lives in :mod:`pipeline.models.training`.
 """
@@ -12,7 +12,7 @@ from pipeline.models._layers import (
     pad_to_centred,
 )
 from pipeline.models._registry import MODEL_NAMES, build_model
-from pipeline.models.vae import VAE, train_vae  # also registers "vae" with build_model
+from pipeline.models.vae import VAE, train_vae
 
 __all__ = [
     "MODEL_NAMES",

@@ -9,21 +9,26 @@ from torch import nn
 
 from pipeline.errors import ConfigError
 
-__all__ = ["MODEL_NAMES", "build_model"]
+__all__ = ["ALL_MODEL_NAMES", "MODEL_NAMES", "build_model"]
 
+#: classifiers/regressors of the symmetry grid
 MODEL_NAMES = ("cnn", "octahedral", "steerable", "relaxed")
+#: every name build_model accepts (the VAE's forward returns the latent mean)
+ALL_MODEL_NAMES = (*MODEL_NAMES, "vae")
 
 
 def _classes() -> dict[str, type[nn.Module]]:
     from pipeline.models.cnn import CNN3d
     from pipeline.models.octahedral import OctahedralCNN, RelaxedOctahedralCNN
     from pipeline.models.steerable import SteerableCNN
+    from pipeline.models.vae import VAE
 
     return {
         "cnn": CNN3d,
         "octahedral": OctahedralCNN,
         "steerable": SteerableCNN,
         "relaxed": RelaxedOctahedralCNN,
+        "vae": VAE,
     }
 
 
@@ -32,7 +37,7 @@ def build_model(name: str, in_channels: int, num_outputs: int, **hparams: Any) -
 
     Parameters
     ----------
-    name : {"cnn", "octahedral", "steerable", "relaxed"}
+    name : {"cnn", "octahedral", "steerable", "relaxed", "vae"}
         ``cnn``: plain 3D CNN; ``octahedral``: group CNN over the 24 cube rotations;
         ``steerable``: SO(3)-steerable CNN (e3nn); ``relaxed``: relaxed octahedral group CNN.
     in_channels, num_outputs : int
@@ -56,7 +61,7 @@ def build_model(name: str, in_channels: int, num_outputs: int, **hparams: Any) -
     """
     classes = _classes()
     if name not in classes:
-        raise ConfigError(f"model name must be one of {', '.join(MODEL_NAMES)}; got {name!r}")
+        raise ConfigError(f"model name must be one of {', '.join(ALL_MODEL_NAMES)}; got {name!r}")
     try:
         model = classes[name](in_channels, num_outputs, **hparams)
     except TypeError as exc:

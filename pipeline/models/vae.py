@@ -220,22 +220,3 @@ def train_vae(
         logger.debug("vae epoch %d: %s", epoch, history[-1])
     model.eval()
     return history
-
-
-def _register() -> None:
-    """Make ``build_model("vae", ...)`` build a :class:`VAE` (extends the registry once)."""
-    from pipeline.models import _registry
-
-    if getattr(_registry._classes, "with_vae", False):
-        return
-    base = _registry._classes
-
-    def classes() -> dict[str, type[nn.Module]]:
-        return {**base(), "vae": VAE}
-
-    classes.with_vae = True  # type: ignore[attr-defined]
-    _registry._classes = classes
-    _registry.MODEL_NAMES = (*_registry.MODEL_NAMES, "vae")
-
-
-_register()

@@ -130,6 +130,17 @@ def _failed(
     return SubjectResult(subject, False, stage=stage, error=message, seconds=seconds)
 
 
+def build_report(output_dir: Path, subject: str, bids_dir: Path | None) -> Path | None:
+    """Write ``OUTPUT_DIR/sub-X.html``; a report problem is logged, never fatal for the subject."""
+    from pipeline.reports import build_subject_report
+
+    try:
+        return build_subject_report(output_dir, subject, bids_dir=bids_dir)
+    except Exception as exc:  # noqa: BLE001 - the derivatives matter more than their report
+        logger.warning("sub-%s: report not written (%s: %s)", subject, type(exc).__name__, exc)
+        return None
+
+
 def run_participants(
     layout, subjects: list[str], output_dir: Path, work_dir: Path, config: Config, nprocs: int
 ) -> list[SubjectResult]:
@@ -139,4 +150,5 @@ def run_participants(
     results = []
     for subject in tqdm(subjects, desc="participants", unit="subject", disable=len(subjects) < 2):
         results.append(run_participant(layout, subject, output_dir, work_dir, config, nprocs))
+        build_report(output_dir, subject, Path(layout.root))
     return results
