@@ -5,9 +5,11 @@ convention with the T1w fixed). The BOLD and the T1w of one session share the sc
 registration starts from the identity (the header pose), not from a centre-of-mass guess that a
 partial BOLD field of view would bias.
 
-QC: mutual information (rank-normalised intensities, 32 bins) between the T1w and the BOLD
-reference pulled back onto the T1w grid, inside the T1w brain mask, before and after; and the Dice
-overlap of the BOLD foreground (pulled back) with the T1w brain mask.
+The registration is *checked*, as the anatomical stages are: QC scores the mutual information
+(rank-normalised intensities, 32 bins) between the T1w and the BOLD reference pulled back onto the
+T1w grid, inside the T1w brain mask, for the header pose and for the registration result; a result
+that scores lower than the header pose is rejected (the header pose is kept, ``accepted = False``).
+The Dice overlap of the BOLD foreground (pulled back) with the T1w brain mask is recorded too.
 """
 
 from __future__ import annotations
@@ -33,12 +35,14 @@ class CoregResult:
     mi_before: float
     mi_after: float
     dice: float
+    accepted: bool = True
 
     def as_dict(self) -> dict[str, float | list]:
         return {
             "coreg_mi_before": round(self.mi_before, 6),
             "coreg_mi": round(self.mi_after, 6),
             "coreg_dice": round(self.dice, 6),
+            "coreg_accepted": self.accepted,
             "t1w_to_boldref": self.matrix.round(8).tolist(),
         }
 
@@ -133,7 +137,16 @@ def coregister(
             outprefix=f"{tmp}/coreg_",
         )
         matrix = read_affine(reg["fwdtransforms"][0])
-    mi_before, _ = coregistration_qc(bold_ref, t1w, mask, np.eye(4))
+    mi_before, dice_before = coregistration_qc(bold_ref, t1w, mask, np.eye(4))
     mi_after, dice = coregistration_qc(bold_ref, t1w, mask, matrix)
-    logger.info("coregistration MI %.3f -> %.3f, Dice %.3f", mi_before, mi_after, dice)
-    return CoregResult(matrix, mi_before, mi_after, dice)
+    accepted = mi_after >= mi_before
+    logger.info(
+        "coregistration MI %.3f -> %.3f (%s), Dice %.3f",
+        mi_before,
+        mi_after,
+        "accepted" if accepted else "rejected: header pose kept",
+        dice,
+    )
+    if not accepted:
+        return CoregResult(np.eye(4), mi_before, mi_before, dice_before, accepted=False)
+    return CoregResult(matrix, mi_before, mi_after, dice, accepted=True)

@@ -591,6 +591,7 @@ class BoldQC(SimpleInterface):
                     "coreg_mi": coreg["coreg_mi"],
                     "coreg_mi_before": coreg["coreg_mi_before"],
                     "coreg_dice": coreg["coreg_dice"],
+                    "coreg_accepted": coreg["coreg_accepted"],
                     "slice_timing_corrected": bool(self.inputs.stc_applied),
                     "mask_voxels": int(mask.sum()),
                 },
