@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ants
 import numpy as np
+import pytest
 from scipy import stats
 from scipy.spatial.transform import Rotation
 
@@ -27,6 +28,7 @@ FAST = AnatOptions(
 )
 
 
+@pytest.mark.slow
 def test_register_recovers_pose_and_same_seed_is_identical(template2, brain_points, tmp_path, rng):
     pts, center = brain_points
     truth = rigid_about(
