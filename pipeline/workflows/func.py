@@ -26,6 +26,7 @@ from pipeline.workflows.func_interfaces import (
     Confounds,
     Coregister,
     FuncDataSink,
+    FuncDataSinkMany,
     HeadMotion,
     OneShotResample,
     RoiConnectivity,
@@ -201,8 +202,8 @@ def init_ds_func_wf(
     metadata: dict,
     name: str = "ds_func_wf",
 ) -> pe.Workflow:
-    """Derivative sinks of the functional stage (one :class:`FuncDataSink` per output, a
-    ``MapNode`` for the atlas × strategy outputs). Inputs are :func:`init_func_wf`'s outputs."""
+    """Derivative sinks of the functional stage (one :class:`FuncDataSink` per output, one
+    :class:`FuncDataSinkMany` for the atlas × strategy outputs). Inputs are :func:`init_func_wf`'s outputs."""
     workflow = pe.Workflow(name=name)
     inputnode = pe.Node(niu.IdentityInterface(fields=_OUTPUT_FIELDS), name="inputnode")
     sub = clean_label(subject)
@@ -224,13 +225,12 @@ def init_ds_func_wf(
             connections.append((inputnode, sink, [("confounds_json", "meta_file")]))
         if key == "bold_std":
             connections.append((inputnode, sink, [("bold_meta", "meta_file")]))
-    ds_rois = pe.MapNode(
-        FuncDataSink(
+    ds_rois = pe.Node(
+        FuncDataSinkMany(
             base_directory=str(output_dir),
             subject=sub,
-            meta_dict={**metadata, "Description": "ROI-level output (see BIDS entities)"},
+            meta_dict={**metadata, "Description": "ROI-level output (see the BIDS entities)"},
         ),
-        iterfield=["in_file", "entities"],
         name="ds_rois",
         run_without_submitting=True,
     )
@@ -238,7 +238,7 @@ def init_ds_func_wf(
         (
             inputnode,
             ds_rois,
-            [("roi_files", "in_file"), (("roi_entities", _with_task, options.task), "entities")],
+            [("roi_files", "in_files"), (("roi_entities", _with_task, options.task), "entities")],
         )
     )
     workflow.connect(connections)

@@ -634,6 +634,13 @@ class FuncDataSink(SimpleInterface):
     _always_run = True  # a cached sink would not rewrite a deleted output
 
     def _run_interface(self, runtime):
+        dest, meta_path = self._sink()
+        self._results["out_file"] = dest
+        if meta_path is not None:
+            self._results["out_meta"] = meta_path
+        return runtime
+
+    def _sink(self) -> tuple[str, str | None]:
         from pipeline.bids_names import derivative_path
         from pipeline.workflows.interfaces import _extension
 
@@ -656,11 +663,53 @@ class FuncDataSink(SimpleInterface):
         else:
             with atomic_path(dest) as tmp:
                 shutil.copyfile(self.inputs.in_file, tmp)
-        self._results["out_file"] = str(dest)
-        if ext != ".json":
-            meta = dict(self.inputs.meta_dict) if isdefined(self.inputs.meta_dict) else {}
-            if isdefined(self.inputs.meta_file):
-                meta.update(_load_meta(self.inputs.meta_file))
-            sidecar = dest.with_name(dest.name[: -len(ext)] + ".json")
-            self._results["out_meta"] = str(write_json(sidecar, meta))
+        if ext == ".json":
+            return str(dest), None
+        meta = dict(self.inputs.meta_dict) if isdefined(self.inputs.meta_dict) else {}
+        if isdefined(self.inputs.meta_file):
+            meta.update(_load_meta(self.inputs.meta_file))
+        sidecar = dest.with_name(dest.name[: -len(ext)] + ".json")
+        return str(dest), str(write_json(sidecar, meta))
+
+
+class _FuncSinkManyInputSpec(BaseInterfaceInputSpec):
+    base_directory = traits.Str(mandatory=True, desc="root of the derivatives dataset")
+    subject = traits.Str(mandatory=True)
+    in_files = traits.List(File(exists=True), mandatory=True)
+    entities = traits.List(traits.Dict, mandatory=True, desc="BIDS entities of each file")
+    meta_dict = traits.Dict(desc="JSON sidecar content (the same for every file)")
+
+
+class _FuncSinkManyOutputSpec(TraitedSpec):
+    out_files = traits.List(File(exists=True))
+
+
+class FuncDataSinkMany(SimpleInterface):
+    """:class:`FuncDataSink` for a list of small outputs in one node.
+
+    The atlas × strategy × measure outputs number in the hundreds; one Nipype node each would cost
+    more in bookkeeping than the writing itself.
+    """
+
+    input_spec = _FuncSinkManyInputSpec
+    output_spec = _FuncSinkManyOutputSpec
+    _always_run = True
+
+    def _run_interface(self, runtime):
+        if len(self.inputs.in_files) != len(self.inputs.entities):
+            raise ValueError(
+                f"{len(self.inputs.in_files)} files but {len(self.inputs.entities)} entity sets"
+            )
+        meta = dict(self.inputs.meta_dict) if isdefined(self.inputs.meta_dict) else {}
+        out = []
+        for in_file, ents in zip(self.inputs.in_files, self.inputs.entities, strict=True):
+            single = FuncDataSink(
+                base_directory=self.inputs.base_directory,
+                subject=self.inputs.subject,
+                in_file=in_file,
+                entities=ents,
+                meta_dict=meta,
+            )
+            out.append(single._sink()[0])
+        self._results["out_files"] = out
         return runtime
