@@ -20,6 +20,7 @@ from pydantic import BaseModel, Field, ValidationError
 from pipeline._options import StrictOptions
 from pipeline.anat.options import AnatOptions
 from pipeline.errors import ConfigError
+from pipeline.func.options import FuncOptions
 from pipeline.gauge.options import GaugeOptions
 from pipeline.models.options import ModelOptions
 
@@ -56,6 +57,7 @@ class Config(StrictOptions):
         None, gt=0, description="Memory limit per subject job in GB (null: no limit)."
     )
     anat: AnatOptions = Field(default_factory=AnatOptions, description=AnatOptions.__doc__)
+    func: FuncOptions = Field(default_factory=FuncOptions, description=FuncOptions.__doc__)
     gauge: GaugeOptions = Field(default_factory=GaugeOptions, description=GaugeOptions.__doc__)
     models: ModelOptions = Field(default_factory=ModelOptions, description=ModelOptions.__doc__)
 

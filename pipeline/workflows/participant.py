@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline import __version__
-from pipeline.bids import t1w_file
+from pipeline.bids import bold_files, t1w_file
 from pipeline.config import Config
 from pipeline.errors import SymprepError
 from pipeline.io import check_image, write_json
@@ -82,6 +82,23 @@ def run_participant(
                 nprocs=nprocs,
             )
             outputs.update({f"anat.{k}": str(v) for k, v in anat_outputs.items()})
+            if config.func.enabled:
+                stage = "func"
+                from pipeline.workflows.func import run_func_stage
+
+                for bold in bold_files(layout, subject, task=config.func.task):
+                    func_outputs = run_func_stage(
+                        bold=bold,
+                        subject=subject,
+                        output_dir=output_dir,
+                        work_dir=work_dir / f"sub-{subject}",
+                        options=config.func,
+                        anat=anat_outputs,
+                        seed=config.seed,
+                        nprocs=nprocs,
+                    )
+                    run = bold.name.split("_bold")[0]
+                    outputs.update({f"func.{run}.{k}": str(v) for k, v in func_outputs.items()})
     except SymprepError as exc:
         return _failed(output_dir, subject, stage, str(exc), None, start)
     except Exception as exc:  # a bug: record it with its traceback, go on with other subjects
