@@ -13,6 +13,7 @@ configfile: str(Path(workflow.basedir) / "configs" / "config.yaml")
 include: "workflows/common.smk"
 include: "workflows/participant.smk"
 include: "workflows/group.smk"
+include: "workflows/models.smk"
 
 
 rule all:

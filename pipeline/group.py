@@ -92,11 +92,24 @@ def run_group(
     participants = read_participants(bids_dir).reindex(usable)
     if config.gauge.enabled and config.anat.enabled:
         summary["stages"]["harmonization"] = _harmonize(output_dir, usable, participants, config)
+    audits = _summarize_audits(output_dir)
+    if audits:
+        summary["stages"]["audit"] = audits
     write_json(group_dir / "group_summary.json", summary)
     _group_report(output_dir)
     if summary["left_out"]:
         logger.warning("left out of the group stages: %s", ", ".join(summary["left_out"]))
     return 1 if summary["left_out"] else 0
+
+
+def _summarize_audits(output_dir: Path) -> dict | None:
+    """Summarise the invariance audits of every audited subject (``symprep audit``), if any."""
+    if not any(output_dir.glob("sub-*/audit/*_desc-invariance_residuals.tsv")):
+        return None
+    from pipeline.audit import summarize_audits
+
+    table = summarize_audits(output_dir)
+    return {"status": "ok", "n_rows": len(table)}
 
 
 def _group_report(output_dir: Path) -> None:

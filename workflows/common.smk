@@ -61,4 +61,7 @@ def participant_targets():
 
 
 def group_targets():
-    return [f"{OUT}/group/group_summary.json"]
+    targets = [f"{OUT}/group/group_summary.json"]
+    if CONFIG.models.enabled:
+        targets.append(f"{OUT}/group/models/{CONFIG.models.model}/metrics.json")
+    return targets

@@ -1,0 +1,33 @@
+# Group level, when `models: enabled: true`: train the configured model on the template-space T1w.
+# GPU resources: the SLURM profile sends this rule to a GPU partition (--gres=gpu:1); elsewhere it
+# runs on whatever device `models.device` selects (CUDA when present, CPU otherwise).
+
+
+if CONFIG.models.enabled:
+
+    rule train:
+        input:
+            participant_targets(),
+        output:
+            metrics=f"{OUT}/group/models/{CONFIG.models.model}/metrics.json",
+        log:
+            f"{OUT}/logs/train_{CONFIG.models.model}.log",
+        container:
+            CONTAINER_IMAGE
+        threads: 2
+        resources:
+            gpu=1,
+            mem_mb=lambda wildcards, attempt: 16000 * attempt,
+            runtime=240,
+        params:
+            bids=BIDS_DIR,
+            out=lambda w, output: str(Path(output[0]).parents[3]),
+            symprep=SYMPREP,
+            flags=(
+                f"--model {CONFIG.models.model} --target {CONFIG.models.target} "
+                f"--split {CONFIG.models.split} --epochs {CONFIG.models.epochs} "
+                f"--batch-size {CONFIG.models.batch_size} --augment {CONFIG.models.augment} "
+                f"--device {CONFIG.models.device} --seed {CONFIG.models.seed} --no-progress"
+            ),
+        shell:
+            "{params.symprep} train {params.bids} {params.out} {params.flags} > {log} 2>&1"
