@@ -158,6 +158,9 @@ class _STCInputSpec(BaseInterfaceInputSpec):
 class _STCOutputSpec(TraitedSpec):
     out_file = File(exists=True)
     applied = traits.Bool()
+    out_meta = File(
+        exists=True, desc="run metadata for the outputs (SliceTimingCorrected, StartTime)"
+    )
 
 
 class SliceTimingCorrection(SimpleInterface):
@@ -169,7 +172,7 @@ class SliceTimingCorrection(SimpleInterface):
     def _run_interface(self, runtime):
         import logging
 
-        from pipeline.func.slicetiming import slice_time_correct
+        from pipeline.func.slicetiming import reference_time, slice_time_correct
 
         log = logging.getLogger("pipeline.func")
         meta = _load_meta(self.inputs.meta)
@@ -188,10 +191,15 @@ class SliceTimingCorrection(SimpleInterface):
             )
         elif np.ptp(times) == 0:
             reason = "all slices acquired at the same time"
+        record = {k: v for k, v in meta.items() if k not in ("SliceAxis", "SliceTiming")}
         if reason:
             log.info("slice-timing correction skipped: %s", reason)
             self._results["out_file"] = self.inputs.in_file
             self._results["applied"] = False
+            record.update({"SliceTimingCorrected": False, "SliceTimingSkipped": reason})
+            if times:
+                record["SliceTiming"] = times
+            self._results["out_meta"] = str(write_json(_out(runtime, "run_meta.json"), record))
             return runtime
         data = slice_time_correct(
             np.asarray(img.dataobj, dtype=np.float32),
@@ -203,6 +211,10 @@ class SliceTimingCorrection(SimpleInterface):
         out = _image(data, img.affine, meta["RepetitionTime"])
         self._results["out_file"] = str(save_image(out, _out(runtime, "bold_stc.nii")))
         self._results["applied"] = True
+        record.update(
+            {"SliceTimingCorrected": True, "StartTime": reference_time(times, self.inputs.ref)}
+        )
+        self._results["out_meta"] = str(write_json(_out(runtime, "run_meta.json"), record))
         return runtime
 
 

@@ -128,6 +128,7 @@ def test_end_to_end_tiny_subject(func_bids, func_anat, tmp_path):
     assert bold.get_fdata()[mask].mean() == pytest.approx(1000.0, rel=1e-4)  # grand-mean gauge
     sidecar = json.loads(paths["bold_std"].with_suffix("").with_suffix(".json").read_text())
     assert sidecar["NonSteadyStateVolumes"] == 2 and sidecar["RepetitionTime"] == 2.0
+    assert sidecar["SliceTimingCorrected"] and 0 < sidecar["StartTime"] < 2.0
     conf = pd.read_csv(paths["confounds"], sep="\t", na_values="n/a")
     assert len(conf) == n_kept and conf["framewise_displacement"].iloc[1:].notna().all()
     # motion parameters in the confounds match the ground truth
