@@ -538,7 +538,7 @@ class RoiConnectivity(SimpleInterface):
 
 # --------------------------------------------------------------------------- QC
 class _BoldQCInputSpec(BaseInterfaceInputSpec):
-    in_file = File(exists=True, mandatory=True, desc="template-space, scaled BOLD")
+    in_file = File(exists=True, mandatory=True, desc="template-space BOLD (before the gauge)")
     mask = File(exists=True, mandatory=True)
     confounds = File(exists=True, mandatory=True)
     gm = File(exists=True, mandatory=True)
