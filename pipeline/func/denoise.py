@@ -22,7 +22,7 @@ simultaneous approach) is better in theory but leaves no degrees of freedom in s
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
@@ -81,6 +81,21 @@ PRESETS: dict[str, DenoisePreset] = {
 }
 
 
+def get_preset(name: str, motion: str | None = None) -> DenoisePreset:
+    """A preset by name, optionally with its motion model replaced (``"24P"``/``"6P"``).
+
+    ``minimal`` keeps its own 6P model.
+    """
+    if name not in PRESETS:
+        raise ValueError(f"unknown denoising preset {name!r}; known: {sorted(PRESETS)}")
+    preset = PRESETS[name]
+    if motion is not None and name != "minimal":
+        if motion not in ("24P", "6P", "none"):
+            raise ValueError(f"motion model must be '24P', '6P' or 'none', got {motion!r}")
+        preset = replace(preset, motion=motion)
+    return preset
+
+
 def preset_confounds(table: pd.DataFrame, preset: DenoisePreset) -> np.ndarray:
     """The confound matrix ``(T, K)`` of a preset (NaN rows of derivatives set to 0)."""
     from pipeline.func.motion import MOTION_COLUMNS
@@ -136,9 +151,7 @@ def denoise(
     from nilearn import signal
 
     if isinstance(preset, str):
-        if preset not in PRESETS:
-            raise ValueError(f"unknown denoising preset {preset!r}; known: {sorted(PRESETS)}")
-        preset = PRESETS[preset]
+        preset = get_preset(preset)
     x = np.asarray(signals, dtype=np.float64)
     mean = x.mean(axis=0, keepdims=True)
     x = x - mean

@@ -76,6 +76,11 @@ class FuncOptions(StrictOptions):
         description="Denoising presets: the ABIDE Preprocessed four (24P + aCompCor + trends, "
         "[global signal], [0.01-0.1 Hz band-pass]) and 'minimal' (6P + trends, for short runs).",
     )
+    motion_regressors: Literal["24P", "6P"] = Field(
+        "24P",
+        description="Motion model of the ABIDE presets: 24P (Friston, as ABIDE) or 6P; 24 "
+        "regressors overfit short runs (see benchmarks/RESULTS.md, func section).",
+    )
     write_denoised_bold: bool = Field(
         False,
         description="Also write the denoised 4-D BOLD of the first strategy (large file).",

@@ -457,7 +457,7 @@ class RoiConnectivity(SimpleInterface):
             roi_timeseries,
         )
         from pipeline.func.connectivity import MEASURES, connectivity, matrix_frame
-        from pipeline.func.denoise import denoise
+        from pipeline.func.denoise import denoise, get_preset
         from pipeline.func.options import FuncOptions
         from pipeline.func.qc import format_tsv
         from pipeline.func.spectral import alff, amplitude_spectrum
@@ -484,8 +484,9 @@ class RoiConnectivity(SimpleInterface):
             for strategy in opts.denoise_strategies:
                 ok = raw.notna().all().to_numpy()
                 clean = raw.copy()
+                preset = get_preset(strategy, opts.motion_regressors)
                 if ok.any():
-                    clean.loc[:, ok] = denoise(raw.loc[:, ok].to_numpy(), conf, tr, strategy)
+                    clean.loc[:, ok] = denoise(raw.loc[:, ok].to_numpy(), conf, tr, preset)
                 desc = _strategy_label(strategy)
                 base = {"atlas": atlas.label, "desc": desc}
                 emit(
@@ -527,7 +528,8 @@ class RoiConnectivity(SimpleInterface):
             m = np.asarray(mask.dataobj) > 0
             data = img.get_fdata(dtype=np.float32)
             out = np.zeros_like(data)
-            out[m] = denoise(data[m].T, conf, tr, opts.denoise_strategies[0]).T
+            first = get_preset(opts.denoise_strategies[0], opts.motion_regressors)
+            out[m] = denoise(data[m].T, conf, tr, first).T
             self._results["denoised_bold"] = str(
                 save_image(_image(out, img.affine, tr), _out(runtime, "bold_denoised.nii"))
             )

@@ -80,3 +80,14 @@ def test_bandpass_is_ideal(rng):
     assert spec[(f < 0.01) | (f > 0.1)].max() < 1e-10
     band = (f >= 0.01) & (f <= 0.1)
     np.testing.assert_allclose(spec[band], np.abs(np.fft.rfft(x, axis=0))[band], rtol=1e-10)
+
+
+def test_get_preset_motion_override(confounds):
+    from pipeline.func.denoise import get_preset
+
+    six = get_preset("filt_global", "6P")
+    assert six.motion == "6P" and six.global_signal and six.band == (0.01, 0.1)
+    assert preset_confounds(confounds, six).shape == (500, 6 + 5 + 1 + 2)
+    assert get_preset("minimal", "24P").motion == "6P"  # minimal keeps its own model
+    with pytest.raises(ValueError, match="motion model must be"):
+        get_preset("filt_global", "12P")
