@@ -365,6 +365,7 @@ class DerivativesDataSink(SimpleInterface):
 
     input_spec = _DerivativesDataSinkInputSpec
     output_spec = _DerivativesDataSinkOutputSpec
+    _always_run = True  # a cached sink would not rewrite a deleted output
 
     def _run_interface(self, runtime):
         from pipeline.bids_names import derivative_path
