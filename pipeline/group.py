@@ -2,8 +2,8 @@
 
 Subjects whose participant stage failed or is missing are listed in
 ``group/participants_status.tsv`` and left out of the group stages (never silently passed on).
-Harmonization (:mod:`pipeline.gauge`) runs on voxel-wise grey-matter probability in template space
-when at least two sites have usable subjects.
+Harmonization (:mod:`pipeline.gauge`) runs on regional grey matter (template-space GM probability
+in 8 mm cubes) when at least two sites have usable subjects.
 """
 
 from __future__ import annotations
@@ -46,13 +46,32 @@ def participant_status(output_dir: Path, subjects: list[str]) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index("participant")
 
 
-def gm_features(output_dir: Path, subjects: list[str], resolution: int) -> pd.DataFrame:
-    """Template-space GM probability inside the template brain mask, one row per subject."""
+def gm_features(
+    output_dir: Path, subjects: list[str], resolution: int, block_mm: float = 8.0
+) -> pd.DataFrame:
+    """Regional grey matter: template-space GM probability averaged in ``block_mm`` cubes.
+
+    One row per subject with GM maps, one column per cube that lies at least half inside the
+    template brain mask (a few thousand regional features: voxel-wise matrices belong to the
+    streaming :class:`pipeline.gauge.ComBat` API, not to TSV tables).
+    """
     import nibabel as nib
 
     from pipeline.data.templates import load_template
 
+    factor = max(1, int(round(block_mm / resolution)))
     mask = load_template(resolution).mask.get_fdata() > 0
+
+    def blocks(volume: np.ndarray) -> np.ndarray:
+        shape = [n - n % factor for n in volume.shape[:3]]
+        v = volume[: shape[0], : shape[1], : shape[2]]
+        v = v.reshape(
+            shape[0] // factor, factor, shape[1] // factor, factor, shape[2] // factor, factor
+        )
+        return v.mean(axis=(1, 3, 5))
+
+    inside = blocks(mask.astype(np.float32)) >= 0.5
+    names = [f"gm_block_{i}_{j}_{k}" for i, j, k in zip(*np.nonzero(inside), strict=True)]
     rows = {}
     for sub in subjects:
         path = derivative_path(
@@ -65,10 +84,10 @@ def gm_features(output_dir: Path, subjects: list[str], resolution: int) -> pd.Da
             suffix="probseg",
         )
         if path.exists():
-            rows[sub] = np.asarray(nib.load(path).dataobj, dtype=np.float32)[mask]
+            rows[sub] = blocks(np.asarray(nib.load(path).dataobj, dtype=np.float32))[inside]
     if not rows:
         return pd.DataFrame()
-    return pd.DataFrame.from_dict(rows, orient="index")
+    return pd.DataFrame.from_dict(rows, orient="index", columns=names)
 
 
 def run_group(
