@@ -169,3 +169,40 @@ def test_group_level_lists_left_out_subjects(tiny_bids, tmp_path):
 def test_demo_data_rejects_bad_sizes(tmp_path, capsys):
     assert main(["demo-data", str(tmp_path / "d"), "--sites", "0"]) == 2
     assert "--sites must be at least 1" in _error_line(capsys)
+
+
+@pytest.mark.slow
+def test_subject_without_bold_still_gets_anatomical_outputs(tiny_bids, tmp_path):
+    bids = shutil.copytree(tiny_bids, tmp_path / "bids")
+    shutil.rmtree(bids / "sub-01" / "func")
+    config = tmp_path / "cheap.yaml"
+    # the cheapest registration that still passes QC on the tiny data (as the audit test uses)
+    config.write_text(
+        "anat:\n  registration_voxel_mm: 6.0\n  pose_n_rotations: 200\n  pose_fine_mm: 6.0\n"
+        "  pose_n_refine: 1\n  rigid_iterations: [10, 5]\n  affine_iterations: [10, 5]\n"
+        "  affine_shrink_factors: [2, 1]\n  affine_smoothing_sigmas: [1.0, 0.0]\n  syn: false\n"
+        "  n4: false\n"
+    )
+    out = tmp_path / "out"
+    code = main(
+        [
+            str(bids),
+            str(out),
+            "participant",
+            "--participant-label",
+            "01",
+            "--config",
+            str(config),
+            "--nprocs",
+            "1",
+        ]
+    )
+    assert code == 0
+    record = json.loads((out / "logs" / "sub-01_participant.json").read_text())
+    assert any(key.startswith("anat.") for key in record["outputs"])
+    assert not any(key.startswith("func.") for key in record["outputs"])
+    assert (
+        out / "sub-01" / "anat" / "sub-01_space-MNI152NLin2009aSym_res-2_desc-preproc_T1w.nii.gz"
+    ).exists()
+    assert not (out / "sub-01" / "func").exists()
+    assert (out / "sub-01.html").exists()
