@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from pathlib import Path
 
 from pipeline.errors import InputError
@@ -54,6 +55,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--resolution", type=float, default=None, help="base T1w voxel size in mm")
     p.add_argument("--bold-resolution", type=float, default=None, help="base BOLD voxel size in mm")
     p.add_argument("--n-volumes", type=int, default=None, help="BOLD volumes per run")
+    p.add_argument(
+        "--jobs",
+        "-j",
+        type=int,
+        default=None,
+        help="subjects generated in parallel (default: all cores; same files either way)",
+    )
     return p
 
 
@@ -79,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
     if out.exists() and not out.is_dir():
         raise InputError("output path exists and is not a directory", out)
     spec = DemoSpec(seed=args.seed, **values)
-    make_demo_dataset(out, spec)
+    make_demo_dataset(out, spec, n_jobs=args.jobs or os.cpu_count() or 1)
     logger.info(
         "wrote %d subjects to %s (ground truth in sourcedata/groundtruth/)",
         spec.sites * spec.subjects_per_site,

@@ -580,7 +580,11 @@ PARTICIPANTS_JSON = {
 
 
 def make_demo_dataset(
-    out_dir: str | os.PathLike[str], spec: DemoSpec | None = None, *, progress: bool = True
+    out_dir: str | os.PathLike[str],
+    spec: DemoSpec | None = None,
+    *,
+    progress: bool = True,
+    n_jobs: int = 1,
 ) -> Path:
     """Write the synthetic BIDS dataset described by ``spec`` to ``out_dir``.
 
@@ -592,6 +596,9 @@ def make_demo_dataset(
         What to generate; defaults to the ``make demo`` dataset (3 sites × 4 subjects).
     progress : bool, default=True
         Show a progress bar.
+    n_jobs : int, default=1
+        Subjects generated in parallel processes. Every subject has its own random stream, so the
+        files are the same whatever ``n_jobs`` is.
 
     Returns
     -------
@@ -647,17 +654,47 @@ def make_demo_dataset(
     write_json(truth_dir / "spec.json", {k: v for k, v in spec.__dict__.items()})
 
     site_of = {g["site"]: g for g in gauges}
-    bar = tqdm(
-        participants.itertuples(index=False),
-        total=len(participants),
-        disable=not progress,
-        desc="demo subjects",
-        unit="subject",
-    )
-    for row, sub_seed in zip(bar, subject_seeds, strict=True):
-        _write_subject(out, spec, template, centre, row, site_of[row.site], int(sub_seed))
+    jobs = [
+        (row, site_of[row.site], int(seed))
+        for row, seed in zip(participants.itertuples(index=False), subject_seeds, strict=True)
+    ]
+    bar = tqdm(total=len(jobs), disable=not progress, desc="demo subjects", unit="subject")
+    if n_jobs > 1 and len(jobs) > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        context = multiprocessing.get_context("spawn")  # no forked torch/BLAS thread state
+        with ProcessPoolExecutor(
+            min(n_jobs, len(jobs)), mp_context=context, initializer=_single_threaded
+        ) as pool:
+            futures = [
+                pool.submit(_write_subject_job, out, spec, row._asdict(), gauge, seed)
+                for row, gauge, seed in jobs
+            ]
+            for future in futures:
+                future.result()
+                bar.update()
+    else:
+        for row, gauge, seed in jobs:
+            _write_subject(out, spec, template, centre, row, gauge, seed)
+            bar.update()
+    bar.close()
     logger.info("demo dataset with %d subjects written to %s", len(participants), out)
     return out
+
+
+def _single_threaded() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def _write_subject_job(out: Path, spec: DemoSpec, row: dict, gauge: dict, seed: int) -> None:
+    """One subject in a worker process (loads the template there)."""
+    from types import SimpleNamespace
+
+    template = load_template(2 if spec.resolution >= 1.5 else 1)
+    _write_subject(out, spec, template, brain_centre(template), SimpleNamespace(**row), gauge, seed)
 
 
 def _write_subject(

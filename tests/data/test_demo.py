@@ -142,8 +142,8 @@ def test_stored_grid_keeps_world_positions():
 
 
 def test_same_seed_gives_identical_files(tmp_path, tiny_bids, tiny_spec):
-    spec = DemoSpec(**{**tiny_spec, "sites": 1})
-    make_demo_dataset(tmp_path / "again", spec, progress=False)
+    spec = DemoSpec(**{**tiny_spec, "sites": 1, "subjects_per_site": 2})
+    make_demo_dataset(tmp_path / "again", spec, progress=False, n_jobs=2)  # parallel: same files
 
     def digest(root, rel):
         return hashlib.sha256((root / rel).read_bytes()).hexdigest()
