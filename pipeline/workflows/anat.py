@@ -17,6 +17,7 @@ from pipeline.anat.options import AnatOptions
 from pipeline.bids_names import clean_label, derivative_path
 from pipeline.errors import QCError, StageError
 from pipeline.io import check_image, read_json
+from pipeline.workflows._execute import run_workflow
 from pipeline.workflows.interfaces import (
     ApplyTransforms,
     BrainMask,
@@ -338,22 +339,7 @@ def run_anat_stage(
     anat_wf.inputs.inputnode.t1w = str(Path(t1w).resolve())
     fields = sorted({f for f, _, _ in _outputs(output_dir, sub, options.resolution).values()})
     wf.connect([(anat_wf, ds_wf, [(f"outputnode.{f}", f"inputnode.{f}") for f in fields])])
-    crash_dir = work_dir / "crash"
-    wf.config["execution"] = {
-        "crashdump_dir": str(crash_dir),
-        "crashfile_format": "txt",
-        "stop_on_first_crash": "true",
-        "remove_unnecessary_outputs": "false",
-        "hash_method": "content",
-    }
-    plugin, args = ("MultiProc", {"n_procs": nprocs}) if nprocs > 1 else ("Linear", {})
-    try:
-        wf.run(plugin=plugin, plugin_args=args)
-    except RuntimeError as exc:
-        raise StageError(
-            f"sub-{sub}: anatomical workflow failed ({' '.join(str(exc).split())[:200]}); "
-            f"crash files in {crash_dir}"
-        ) from exc
+    run_workflow(wf, work_dir=work_dir, nprocs=nprocs, what=f"sub-{sub}: anatomical workflow")
     paths = expected_paths(output_dir, sub, options.resolution)
     missing = [str(p) for p in paths.values() if not p.exists()]
     if missing:

@@ -21,6 +21,7 @@ from nipype.pipeline import engine as pe
 from pipeline.bids_names import clean_label, derivative_path
 from pipeline.errors import StageError
 from pipeline.func.options import FuncOptions
+from pipeline.workflows._execute import run_workflow
 from pipeline.workflows.func_interfaces import (
     BoldQC,
     Confounds,
@@ -412,22 +413,7 @@ def run_func_stage(
     inputs.anat2std_xfm = _anat_transforms(anat)
     func_wf.get_node("validate").inputs.metadata = meta
     wf.connect([(func_wf, ds_wf, [(f"outputnode.{f}", f"inputnode.{f}") for f in _OUTPUT_FIELDS])])
-    crash_dir = work_dir / "crash"
-    wf.config["execution"] = {
-        "crashdump_dir": str(crash_dir),
-        "crashfile_format": "txt",
-        "stop_on_first_crash": "true",
-        "remove_unnecessary_outputs": "false",
-        "hash_method": "content",
-    }
-    plugin, args = ("MultiProc", {"n_procs": nprocs}) if nprocs > 1 else ("Linear", {})
-    try:
-        wf.run(plugin=plugin, plugin_args=args)
-    except RuntimeError as exc:
-        raise StageError(
-            f"sub-{sub}: functional workflow failed ({' '.join(str(exc).split())[:200]}); "
-            f"crash files in {crash_dir}"
-        ) from exc
+    run_workflow(wf, work_dir=work_dir, nprocs=nprocs, what=f"sub-{sub}: functional workflow")
     paths = expected_paths(output_dir, sub, options)
     absent = [str(p) for p in paths.values() if not p.exists()]
     if absent:
