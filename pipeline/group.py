@@ -2,8 +2,14 @@
 
 Subjects whose participant stage failed or is missing are listed in
 ``group/participants_status.tsv`` and left out of the group stages (never silently passed on).
-Harmonization (:mod:`pipeline.gauge`) runs on regional grey matter (template-space GM probability
-in 8 mm cubes) when at least two sites have usable subjects.
+Harmonization (:mod:`pipeline.gauge`) runs when at least two sites have usable subjects, on what
+``gauge.features`` names (see :mod:`pipeline.group_features`):
+
+* ``gm_regional`` → ``group/harmonization/``: GM probability in ``gauge.regional_block_mm`` cubes
+  (the headline QC of the group report);
+* ``gm_voxelwise`` → ``group/harmonization/voxelwise/``: every in-mask voxel of the GM maps, on the
+  dask cluster of the ``dask:`` section, one harmonized NIfTI per subject;
+* ``fc`` → ``group/harmonization/fc/``: Fisher-z FC edges of ``gauge.fc_atlas``/``gauge.fc_strategy``.
 """
 
 from __future__ import annotations
@@ -16,9 +22,8 @@ import numpy as np
 import pandas as pd
 
 from pipeline.bids import read_participants
-from pipeline.bids_names import derivative_path
 from pipeline.config import Config
-from pipeline.io import read_json, write_json, write_text
+from pipeline.io import read_json, remove_stale_parts, write_json, write_text
 from pipeline.workflows.participant import failure_path, status_path
 
 logger = logging.getLogger(__name__)
@@ -46,50 +51,6 @@ def participant_status(output_dir: Path, subjects: list[str]) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index("participant")
 
 
-def gm_features(
-    output_dir: Path, subjects: list[str], resolution: int, block_mm: float = 8.0
-) -> pd.DataFrame:
-    """Regional grey matter: template-space GM probability averaged in ``block_mm`` cubes.
-
-    One row per subject with GM maps, one column per cube that lies at least half inside the
-    template brain mask (a few thousand regional features: voxel-wise matrices belong to the
-    streaming :class:`pipeline.gauge.ComBat` API, not to TSV tables).
-    """
-    import nibabel as nib
-
-    from pipeline.data.templates import load_template
-
-    factor = max(1, int(round(block_mm / resolution)))
-    mask = load_template(resolution).mask.get_fdata() > 0
-
-    def blocks(volume: np.ndarray) -> np.ndarray:
-        shape = [n - n % factor for n in volume.shape[:3]]
-        v = volume[: shape[0], : shape[1], : shape[2]]
-        v = v.reshape(
-            shape[0] // factor, factor, shape[1] // factor, factor, shape[2] // factor, factor
-        )
-        return v.mean(axis=(1, 3, 5))
-
-    inside = blocks(mask.astype(np.float32)) >= 0.5
-    names = [f"gm_block_{i}_{j}_{k}" for i, j, k in zip(*np.nonzero(inside), strict=True)]
-    rows = {}
-    for sub in subjects:
-        path = derivative_path(
-            output_dir,
-            sub,
-            "anat",
-            space="MNI152NLin2009aSym",
-            res=resolution,
-            label="GM",
-            suffix="probseg",
-        )
-        if path.exists():
-            rows[sub] = blocks(np.asarray(nib.load(path).dataobj, dtype=np.float32))[inside]
-    if not rows:
-        return pd.DataFrame()
-    return pd.DataFrame.from_dict(rows, orient="index", columns=names)
-
-
 def run_group(
     bids_dir: str | os.PathLike[str],
     output_dir: str | os.PathLike[str],
@@ -99,6 +60,8 @@ def run_group(
     """Run the group level; return 1 when subjects had to be left out, else 0."""
     output_dir = Path(output_dir)
     group_dir = output_dir / "group"
+    remove_stale_parts(group_dir)  # left by a killed group job
+    remove_stale_parts(output_dir, prefix="group", recursive=False)
     status = participant_status(output_dir, subjects)
     write_text(group_dir / "participants_status.tsv", status.to_csv(sep="\t"))
     usable = status.index[status.status == "ok"].tolist()
@@ -140,26 +103,69 @@ def _group_report(output_dir: Path) -> None:
         logger.warning("group report not written (%s: %s)", type(exc).__name__, exc)
 
 
+def _scalars(result: dict) -> dict:
+    return {k: v for k, v in result.items() if np.isscalar(v) or isinstance(v, str)}
+
+
 def _harmonize(
     output_dir: Path, subjects: list[str], participants: pd.DataFrame, config: Config
 ) -> dict:
     from pipeline import gauge
+    from pipeline.group_features import fc_features, gm_features
 
-    if not hasattr(gauge, "run_harmonization"):
-        return {"status": "skipped", "reason": "harmonization entry point not available"}
     if "site" not in participants or participants["site"].nunique() < 2:
         return {"status": "skipped", "reason": "fewer than two sites"}
-    features = gm_features(output_dir, subjects, config.anat.resolution)
-    if features.empty:
-        return {"status": "skipped", "reason": "no template-space GM maps"}
-    result = gauge.run_harmonization(
-        features,
-        participants.loc[features.index],
-        config.gauge,
-        output_dir / "group" / "harmonization",
-        seed=config.seed,
-    )
-    return {
-        "status": "ok",
-        **{k: v for k, v in result.items() if np.isscalar(v) or isinstance(v, str)},
-    }
+    options, hdir = config.gauge, output_dir / "group" / "harmonization"
+    result: dict = {"status": "ok"}
+    if "gm_regional" in options.features:
+        features = gm_features(
+            output_dir, subjects, config.anat.resolution, options.regional_block_mm
+        )
+        if features.empty:
+            return {"status": "skipped", "reason": "no template-space GM maps"}
+        regional = gauge.run_harmonization(
+            features, participants.loc[features.index], options, hdir, seed=config.seed
+        )
+        result.update(_scalars(regional))
+    if "fc" in options.features and config.func.enabled:
+        edges = fc_features(
+            output_dir, subjects, options.fc_atlas, options.fc_strategy, config.func.task
+        )
+        if edges.empty or participants.loc[edges.index, "site"].nunique() < 2:
+            result["fc"] = {"status": "skipped", "reason": "no FC matrices from two sites"}
+        else:
+            fc = gauge.run_harmonization(
+                edges, participants.loc[edges.index], options, hdir / "fc", seed=config.seed
+            )
+            result["fc"] = {"status": "ok", **_scalars(fc)}
+    if "gm_voxelwise" in options.features:
+        result["voxelwise"] = _harmonize_voxelwise(output_dir, subjects, participants, config)
+    return result
+
+
+def _harmonize_voxelwise(
+    output_dir: Path, subjects: list[str], participants: pd.DataFrame, config: Config
+) -> dict:
+    from pipeline.dask_cluster import dask_client
+    from pipeline.data.templates import load_template
+    from pipeline.gauge._voxelwise import run_voxelwise_harmonization
+    from pipeline.group_features import gm_maps
+
+    res = config.anat.resolution
+    maps = gm_maps(output_dir, subjects, res)
+    if not maps or participants.loc[list(maps), "site"].nunique() < 2:
+        return {"status": "skipped", "reason": "no GM maps from two sites"}
+    work = Path(config.work_dir) if config.work_dir else output_dir.parent / "work"
+    with dask_client(config.dask) as client:
+        result = run_voxelwise_harmonization(
+            maps,
+            load_template(res).mask,
+            participants.loc[list(maps)],
+            config.gauge,
+            output_dir / "group" / "harmonization" / "voxelwise",
+            work / "group",
+            seed=config.seed,
+            client=client,
+            entities=f"space-MNI152NLin2009aSym_res-{res}_label-GM",
+        )
+    return {"status": "ok", **_scalars(result)}

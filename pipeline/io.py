@@ -13,7 +13,9 @@ from __future__ import annotations
 import contextlib
 import gzip
 import json
+import logging
 import os
+import re
 import tempfile
 import zlib
 from collections.abc import Iterator
@@ -29,6 +31,11 @@ ImageLike = str | os.PathLike[str] | nib.spatialimages.SpatialImage
 
 #: largest voxel-size ratio accepted before an image is called "extremely anisotropic"
 MAX_ANISOTROPY = 8.0
+#: marks the temporaries of :func:`atomic_path` (``.NAME.part-XXXXXXXX.SUFFIXES``)
+PART_MARK = ".part-"
+_PART_NAME = re.compile(r"^\..+\.part-[A-Za-z0-9_]{8}(\..+)?$")
+
+logger = logging.getLogger(__name__)
 
 
 def _name(img: ImageLike) -> str:
@@ -152,6 +159,10 @@ def check_image(
 def atomic_path(dest: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside ``dest``; on success rename it onto ``dest``.
 
+    The temporary file is hidden and marked: ``.STEM.part-XXXXXXXX.SUFFIXES``. A process killed
+    mid-write (SIGKILL, node failure) leaves it behind; :func:`remove_stale_parts` clears them
+    when the job is rerun.
+
     The temporary name keeps ``dest``'s suffixes (``.nii.gz``, ``.h5`` …) so that writers that
     pick the format from the extension still work. On any exception the temporary file is removed
     and ``dest`` is left untouched.
@@ -160,7 +171,7 @@ def atomic_path(dest: str | os.PathLike[str]) -> Iterator[Path]:
     dest.parent.mkdir(parents=True, exist_ok=True)
     suffix = "".join(dest.suffixes) or ".tmp"
     fd, tmp = tempfile.mkstemp(
-        dir=dest.parent, prefix=f".{dest.name.split('.')[0]}.", suffix=suffix
+        dir=dest.parent, prefix=f".{dest.name.split('.')[0]}{PART_MARK}", suffix=suffix
     )
     os.close(fd)
     tmp_path = Path(tmp)
@@ -174,6 +185,36 @@ def atomic_path(dest: str | os.PathLike[str]) -> Iterator[Path]:
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
+
+
+def remove_stale_parts(
+    folder: str | os.PathLike[str], prefix: str = "", *, recursive: bool = True
+) -> list[Path]:
+    """Delete the temporaries that killed writers left in ``folder`` (and below it).
+
+    Only files named like :func:`atomic_path`'s temporaries (``.NAME.part-XXXXXXXX…``) whose
+    name starts with ``.`` + ``prefix`` are removed, so a job can clear its own leftovers in a
+    folder shared with jobs still running (``prefix="sub-01"``).
+
+    Returns
+    -------
+    list of Path
+        The files removed.
+    """
+    root = Path(folder)
+    if not root.is_dir():
+        return []
+    removed = []
+    pattern = f".{prefix}*{PART_MARK}*"
+    for path in sorted(root.rglob(pattern) if recursive else root.glob(pattern)):
+        if path.is_file() and _PART_NAME.match(path.name):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    if removed:
+        logger.info(
+            "removed %d partial file(s) left by an interrupted run in %s", len(removed), root
+        )
+    return removed
 
 
 def save_image(img: nib.spatialimages.SpatialImage, dest: str | os.PathLike[str]) -> Path:

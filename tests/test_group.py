@@ -74,3 +74,65 @@ def test_group_skips_harmonization_with_one_site(tmp_path, rng):
         "status": "skipped",
         "reason": "fewer than two sites",
     }
+
+
+def test_voxelwise_harmonization_on_a_local_dask_cluster_matches_in_memory_combat(tmp_path, rng):
+    """Every in-mask voxel of the GM maps through ComBat on worker processes, written as NIfTI:
+    the same numbers as ComBat on the in-memory matrix, and the planted site shift is gone."""
+    from pipeline.gauge import ComBat
+
+    bids, out, subjects = _fake_dataset(tmp_path, rng)
+    config = load_config(None)
+    config.gauge.features = ["gm_voxelwise"]
+    config.gauge.qc_permutations = 10
+    config.gauge.qc_max_features = 300
+    config.dask.n_workers, config.dask.memory_limit = 2, "1GB"
+    config.work_dir = str(tmp_path / "work")
+    assert run_group(bids, out, subjects, config) == 0
+    summary = json.loads((out / "group" / "group_summary.json").read_text())
+    vox = summary["stages"]["harmonization"]["voxelwise"]
+    mask = load_template(2).mask.get_fdata() > 0.5
+    assert vox["status"] == "ok" and vox["n_voxels"] == int(mask.sum())
+    hdir = out / "group" / "harmonization" / "voxelwise"
+    name = "sub-{}_space-MNI152NLin2009aSym_res-2_label-GM_desc-harmonized_probseg.nii.gz"
+    harmonized = np.stack([nib.load(hdir / name.format(s)).get_fdata()[mask] for s in subjects])
+    raw = np.stack(
+        [
+            nib.load(
+                derivative_path(out, s, "anat", space="MNI152NLin2009aSym", res=2, label="GM",
+                                suffix="probseg")
+            ).get_fdata()[mask]
+            for s in subjects
+        ]
+    )
+    participants = pd.read_csv(bids / "participants.tsv", sep="\t")
+    reference = ComBat().fit_transform(raw, participants["site"].tolist(),
+                                       participants[["age", "sex"]])
+    np.testing.assert_allclose(harmonized, reference, atol=1e-4)  # float32 maps
+    site_a = participants["site"].eq("siteA").to_numpy()
+    gap_before = np.abs(raw[site_a].mean(0) - raw[~site_a].mean(0)).mean()
+    gap_after = np.abs(harmonized[site_a].mean(0) - harmonized[~site_a].mean(0)).mean()
+    assert gap_after < 0.1 * gap_before
+    qc = json.loads((hdir / "qc.json").read_text())
+    before, after = (qc["site_prediction"][k]["balanced_accuracy"] for k in ("before", "after"))
+    assert before > 0.9 and after < before
+    assert not list((tmp_path / "work" / "group").glob("*.npy"))  # scratch matrices removed
+
+
+def test_fc_edges_are_fisher_z_of_the_upper_triangle(tmp_path):
+    from pipeline.group_features import fc_features
+
+    rois = ["roi001", "roi002", "roi003"]
+    r = np.array([[1.0, 0.5, -0.2], [0.5, 1.0, 0.999999999], [-0.2, 0.999999999, 1.0]])
+    for sub in ("01", "02"):
+        path = (tmp_path / f"sub-{sub}" / "func" /
+                f"sub-{sub}_task-rest_space-MNI152NLin2009aSym_atlas-Power2011_"
+                "meas-PearsonCorrelation_desc-filtnoglobal_relmat.tsv")
+        path.parent.mkdir(parents=True)
+        path.write_text(pd.DataFrame(r, index=rois, columns=rois).to_csv(sep="\t"))
+    edges = fc_features(tmp_path, ["01", "02", "03"], "Power2011", "filt_noglobal", "rest")
+    assert list(edges.index) == ["01", "02"]  # sub-03 has no matrix
+    assert list(edges.columns) == ["roi001__roi002", "roi001__roi003", "roi002__roi003"]
+    np.testing.assert_allclose(edges.loc["01"].to_numpy()[:2], np.arctanh([0.5, -0.2]))
+    assert np.isfinite(edges.to_numpy()).all()  # |r| -> 1 clipped
+    assert fc_features(tmp_path, ["01"], "Power2011", "filt_global").empty

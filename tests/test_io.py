@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from pipeline.errors import ImageError
-from pipeline.io import atomic_path, check_image, save_image
+from pipeline.io import atomic_path, check_image, remove_stale_parts, save_image
 
 
 def _img(shape=(8, 9, 10), affine=None, data=None):
@@ -107,3 +107,33 @@ def test_atomic_outputs_get_normal_permissions(tmp_path):
     finally:
         os.umask(umask)
     assert stat.S_IMODE(path.stat().st_mode) == 0o644
+
+
+def test_stale_parts_of_a_killed_writer_are_removed_and_nothing_else(tmp_path):
+    """A SIGKILL mid-write leaves atomic_path's hidden temporary; a rerun clears only those."""
+    import subprocess
+    import sys
+
+    dest = tmp_path / "sub-01" / "anat" / "sub-01_T1w.nii.gz"
+    code = (
+        "import os, signal, sys\n"
+        "from pipeline.io import atomic_path\n"
+        "with atomic_path(sys.argv[1]) as tmp:\n"
+        "    tmp.write_bytes(b'half')\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code, str(dest)], check=False)
+    assert proc.returncode == -9
+    (left,) = dest.parent.iterdir()
+    assert left.name.startswith(".sub-01_T1w.part-") and not dest.exists()
+    keep = [
+        dest.parent / "sub-01_desc-brain_mask.nii.gz",
+        dest.parent / ".hidden_but_ours.nii.gz",
+        tmp_path / ".sub-02_T1w.part-abcd1234.nii.gz",  # another subject's, at the top
+    ]
+    for path in keep:
+        path.write_bytes(b"x")
+    assert remove_stale_parts(tmp_path / "sub-01") == [left]
+    assert not left.exists() and all(p.exists() for p in keep)
+    assert remove_stale_parts(tmp_path, prefix="sub-01_", recursive=False) == []
+    assert remove_stale_parts(tmp_path, prefix="sub-02_", recursive=False) == [keep[2]]

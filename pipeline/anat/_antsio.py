@@ -83,3 +83,45 @@ def read_affine(path: str | os.PathLike[str]) -> np.ndarray:
     lps[:3, :3] = matrix
     lps[:3, 3] = translation + center - matrix @ center
     return ras_to_lps(lps)
+
+
+def strip_hdf5_times(path: str | os.PathLike[str]) -> Path:
+    """Rewrite an ITK HDF5 transform file without HDF5 object timestamps, in place.
+
+    ITK's HDF5 writer records creation/modification times in every object header, so the same
+    transform written twice gives two different files. The copy holds the same groups, datasets
+    (dtype, chunking, gzip level) and attributes with time tracking off, so equal transforms give
+    byte-identical files (checksums can compare reruns). ITK and antspyx read it unchanged.
+    """
+    import h5py
+
+    src = Path(path)
+    tmp = src.with_name(f".{src.name}.tmp")
+    fcpl = h5py.h5p.create(h5py.h5p.FILE_CREATE)
+    fcpl.set_obj_track_times(False)
+    with h5py.File(src, "r") as fin:
+        fid = h5py.h5f.create(str(tmp).encode(), h5py.h5f.ACC_TRUNC, fcpl=fcpl)
+        with h5py.File(fid) as fout:
+
+            def copy(name: str, obj: h5py.HLObject) -> None:
+                if isinstance(obj, h5py.Group):
+                    gcpl = h5py.h5p.create(h5py.h5p.GROUP_CREATE)
+                    gcpl.set_obj_track_times(False)
+                    h5py.h5g.create(fout.id, name.encode(), gcpl=gcpl)
+                else:
+                    fout.create_dataset(
+                        name,
+                        data=obj[()],
+                        dtype=obj.dtype,
+                        chunks=obj.chunks,
+                        compression=obj.compression,
+                        compression_opts=obj.compression_opts,
+                        shuffle=obj.shuffle,
+                        track_times=False,
+                    )
+                for key, value in obj.attrs.items():
+                    fout[name].attrs[key] = value
+
+            fin.visititems(copy)
+    os.replace(tmp, src)
+    return src

@@ -26,18 +26,29 @@ import ants
 import nibabel as nib
 import numpy as np
 
-from pipeline.anat._antsio import nib_to_ants, read_affine, write_affine
+from pipeline.anat._antsio import nib_to_ants, read_affine, strip_hdf5_times, write_affine
 from pipeline.anat.options import AnatOptions
 from pipeline.anat.pose import foreground_mask, mutual_information, rank_normalize, search_pose
 
 logger = logging.getLogger(__name__)
 
 
+def ants_random_seed(seed: int) -> int:
+    """The ``--random-seed`` value ANTs gets for our ``seed``: always non-zero.
+
+    antsRegistration reads ``--random-seed 0`` as "seed from the system clock", so the
+    pipeline's default seed 0 would make every run differ; seeds map to ``seed + 1``
+    (within ITK's positive 32-bit range).
+    """
+    return int(seed) % (2**31 - 2) + 1
+
+
 @contextlib.contextmanager
 def ants_seed(seed: int) -> Iterator[None]:
-    """Make ANTs registrations reproducible: pass ``--random-seed seed`` inside the block."""
+    """Make ANTs registrations reproducible: pass ``--random-seed`` (see
+    :func:`ants_random_seed`) inside the block."""
     previous = ants.config._random_seed
-    ants.config._random_seed = int(seed)
+    ants.config._random_seed = ants_random_seed(seed)
     try:
         yield
     finally:
@@ -371,6 +382,8 @@ def _register(
             if not syn_ok:
                 write_affine(affine, forward)
                 write_affine(np.linalg.inv(affine), inverse)
+            for path in (forward, inverse):
+                strip_hdf5_times(path)
         for s in stages:
             logger.info(
                 "stage %-12s MI %.4f -> %.4f %s (%.1f s)",

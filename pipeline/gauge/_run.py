@@ -3,6 +3,7 @@
 Outputs under ``out_dir`` (each written atomically):
 
 * ``desc-harmonized_features.tsv`` — harmonized features, index ``participant_id``;
+* ``desc-original_features.tsv`` — the same features before harmonization;
 * ``combat_model.npz`` + ``combat_model.json`` — the fitted model (see :mod:`._persist`);
 * ``qc.json`` — site prediction before/after, biology kept, counts, options;
 * ``site_prediction.tsv``, ``effects.tsv`` — the same numbers as tables;
@@ -141,9 +142,38 @@ def run_harmonization(
     out_dir.mkdir(parents=True, exist_ok=True)
     table = pd.DataFrame(harmonized, index=features.index, columns=features.columns)
     table.index.name = "participant_id"
-    paths = {"features": _write_tsv(table, out_dir / "desc-harmonized_features.tsv")}
+    original = pd.DataFrame(X, index=features.index, columns=features.columns)
+    original.index.name = "participant_id"
+    paths = {
+        "features": _write_tsv(table, out_dir / "desc-harmonized_features.tsv"),
+        "original_features": _write_tsv(original, out_dir / "desc-original_features.tsv"),
+    }
     paths["model"] = model.save(out_dir / "combat_model.npz")
 
+    summary = write_quality_control(
+        X, harmonized, parts, train, site, options, model, out_dir, seed, paths
+    )
+    return summary
+
+
+def write_quality_control(
+    X: np.ndarray,
+    harmonized: np.ndarray,
+    parts: pd.DataFrame,
+    train: np.ndarray,
+    site: np.ndarray,
+    options: GaugeOptions,
+    model: ComBat,
+    out_dir: Path,
+    seed: int,
+    paths: dict[str, Any],
+) -> dict[str, Any]:
+    """Harmonization QC of ``X`` → ``harmonized``: tables, figures and ``qc.json`` in ``out_dir``.
+
+    Site prediction is measured on the training subjects with the harmonizer refitted inside
+    each fold (``model``'s settings, never its fitted state); biological t-maps on everyone.
+    ``paths`` (name → path of what the caller wrote) is completed and returned in the summary.
+    """
     # QC: leakage-free site prediction on the training subjects, biology on everyone
     bio = parts[[c for c in BIOLOGY if c in parts.columns]].reset_index(drop=True)
     regress = [c for c in BIOLOGY if c in parts.columns]

@@ -48,6 +48,21 @@ class GaugeOptions(StrictOptions):
     block_features: int | None = Field(
         None, ge=1, description="Features per streamed block (default: 32 MB blocks)."
     )
+    features: list[Literal["gm_regional", "gm_voxelwise", "fc"]] = Field(
+        ["gm_regional", "gm_voxelwise", "fc"],
+        description="What the group stage harmonizes: regional GM (template-space GM probability "
+        "in regional_block_mm cubes), voxel-wise GM maps (written as harmonized NIfTI, on the "
+        "dask cluster), and FC edges (Fisher z of the Pearson matrices of fc_atlas/fc_strategy).",
+    )
+    regional_block_mm: float = Field(
+        8.0, gt=0, description="Cube size of the regional GM features (mm)."
+    )
+    fc_atlas: str = Field(
+        "Power2011", description="Atlas (BIDS label of the relmat files) of the FC edges."
+    )
+    fc_strategy: Literal[
+        "filt_global", "filt_noglobal", "nofilt_global", "nofilt_noglobal", "minimal"
+    ] = Field("filt_noglobal", description="Denoising strategy of the FC edges.")
     qc_splits: int = Field(5, ge=2, description="Folds of the site-prediction cross-validation.")
     qc_permutations: int = Field(
         200, ge=0, description="Permutations for the site-prediction p-value."

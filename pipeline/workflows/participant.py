@@ -19,7 +19,7 @@ from pipeline import __version__
 from pipeline.bids import bold_files, t1w_file
 from pipeline.config import Config
 from pipeline.errors import SymprepError
-from pipeline.io import check_image, write_json
+from pipeline.io import check_image, remove_stale_parts, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -57,12 +57,31 @@ def _tame_nipype_logging() -> None:
         log.setLevel(logging.INFO if verbose else logging.WARNING)
 
 
+def _fix_itk_threads(config: Config) -> None:
+    """Give every ITK filter of this process (N4, coregistration, resampling) a fixed thread count.
+
+    ITK sums metric and B-spline fits per thread, so the last bits of its results depend on the
+    thread count, which otherwise follows the machine (or the SLURM allocation). ITK reads
+    ``ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS`` once, when the first filter runs; a value the user
+    exported wins.
+    """
+    threads = config.anat.ants_threads
+    if threads is not None:
+        os.environ.setdefault("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", str(int(threads)))
+
+
 def run_participant(
     layout, subject: str, output_dir: Path, work_dir: Path, config: Config, nprocs: int
 ) -> SubjectResult:
     """Run the enabled participant stages of one subject; never raises for that subject's errors."""
     start = time.monotonic()
     _tame_nipype_logging()
+    _fix_itk_threads(config)
+    # a job killed mid-write (SIGKILL, node failure) leaves hidden temporaries: clear this subject's
+    remove_stale_parts(Path(output_dir) / f"sub-{subject}")
+    for shared in (Path(output_dir), Path(output_dir) / "logs"):  # the report, the logs
+        for sep in "._":
+            remove_stale_parts(shared, prefix=f"sub-{subject}{sep}", recursive=False)
     stage = "inputs"
     outputs: dict[str, str] = {}
     try:

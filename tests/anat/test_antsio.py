@@ -7,7 +7,13 @@ import nibabel as nib
 import numpy as np
 from scipy.spatial.transform import Rotation
 
-from pipeline.anat._antsio import ants_to_nib, nib_to_ants, read_affine, write_affine
+from pipeline.anat._antsio import (
+    ants_to_nib,
+    nib_to_ants,
+    read_affine,
+    strip_hdf5_times,
+    write_affine,
+)
 from pipeline.anat.synthetic import pose_image, rigid_about
 
 
@@ -56,3 +62,29 @@ def test_ants_to_nib_sets_mm_units():
     img = ants_to_nib(ants.from_numpy(np.ones((3, 4, 5), np.float32), spacing=(2.0, 2.0, 2.0)))
     assert img.header.get_xyzt_units()[0] == "mm"
     assert isinstance(img, nib.Nifti1Image)
+
+
+def test_stripped_hdf5_transforms_are_byte_identical_and_still_read(small_template, tmp_path):
+    """ITK stamps HDF5 objects with the time: the same transform written twice differs on disk."""
+    import time
+
+    t1w, _ = small_template
+    m = rigid_about(
+        Rotation.from_euler("xyz", [10, 0, -35], degrees=True).as_matrix(), [0, 0, 0], [3, 1, -2]
+    )
+    first = write_affine(m, tmp_path / "a.h5")
+    original = first.read_bytes()
+    time.sleep(1.1)
+    second = write_affine(m, tmp_path / "b.h5")
+    assert first.read_bytes() != second.read_bytes()  # timestamps differ
+    for path in (first, second):
+        strip_hdf5_times(path)
+    assert first.read_bytes() == second.read_bytes()
+    np.testing.assert_array_equal(read_affine(first), read_affine(second))
+    # ANTs reads the rewritten file and resamples exactly as with ITK's own
+    (tmp_path / "orig.h5").write_bytes(original)
+    fixed = nib_to_ants(t1w)
+    warped = [
+        ants.apply_transforms(fixed, fixed, [str(p)]).numpy() for p in (tmp_path / "orig.h5", first)
+    ]
+    np.testing.assert_array_equal(warped[0], warped[1])

@@ -1,0 +1,108 @@
+"""Group-level feature tables and map lists that the harmonization stage reads from the derivatives.
+
+* :func:`gm_features` — regional grey matter (template-space GM probability in cubes);
+* :func:`gm_maps` — the template-space GM maps themselves (for voxel-wise harmonization);
+* :func:`fc_features` — functional-connectivity edges (Fisher z of Pearson correlations).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipeline.bids_names import derivative_path
+
+logger = logging.getLogger(__name__)
+
+
+def gm_maps(output_dir: Path, subjects: list[str], resolution: int) -> dict[str, Path]:
+    """Participant → template-space GM probability map, for the subjects that have one."""
+    maps = {}
+    for sub in subjects:
+        path = derivative_path(
+            output_dir,
+            sub,
+            "anat",
+            space="MNI152NLin2009aSym",
+            res=resolution,
+            label="GM",
+            suffix="probseg",
+        )
+        if path.exists():
+            maps[sub] = path
+    return maps
+
+
+def gm_features(
+    output_dir: Path, subjects: list[str], resolution: int, block_mm: float = 8.0
+) -> pd.DataFrame:
+    """Regional grey matter: template-space GM probability averaged in ``block_mm`` cubes.
+
+    One row per subject with GM maps, one column per cube that lies at least half inside the
+    template brain mask (a few thousand regional features: voxel-wise matrices belong to the
+    streaming :class:`pipeline.gauge.ComBat` API, not to TSV tables).
+    """
+    import nibabel as nib
+
+    from pipeline.data.templates import load_template
+
+    factor = max(1, int(round(block_mm / resolution)))
+    mask = load_template(resolution).mask.get_fdata() > 0
+
+    def blocks(volume: np.ndarray) -> np.ndarray:
+        shape = [n - n % factor for n in volume.shape[:3]]
+        v = volume[: shape[0], : shape[1], : shape[2]]
+        v = v.reshape(
+            shape[0] // factor, factor, shape[1] // factor, factor, shape[2] // factor, factor
+        )
+        return v.mean(axis=(1, 3, 5))
+
+    inside = blocks(mask.astype(np.float32)) >= 0.5
+    names = [f"gm_block_{i}_{j}_{k}" for i, j, k in zip(*np.nonzero(inside), strict=True)]
+    rows = {
+        sub: blocks(np.asarray(nib.load(path).dataobj, dtype=np.float32))[inside]
+        for sub, path in gm_maps(output_dir, subjects, resolution).items()
+    }
+    if not rows:
+        return pd.DataFrame()
+    return pd.DataFrame.from_dict(rows, orient="index", columns=names)
+
+
+def fc_features(
+    output_dir: Path, subjects: list[str], atlas: str, strategy: str, task: str | None = None
+) -> pd.DataFrame:
+    """Functional-connectivity edges: Fisher z of each subject's Pearson matrix, upper triangle.
+
+    Reads ``sub-X_task-T_..._atlas-A_meas-PearsonCorrelation_desc-S_relmat.tsv`` (the first run
+    of the task when several exist). Columns are ``ROI1__ROI2``; subjects without the matrix are
+    left out (logged). Correlations are clipped to ±0.999999 before ``arctanh``.
+    """
+    desc = strategy.replace("_", "")
+    rows, names = {}, None
+    for sub in subjects:
+        func = Path(output_dir) / f"sub-{sub}" / "func"
+        pattern = f"sub-{sub}_*atlas-{atlas}_meas-PearsonCorrelation_desc-{desc}_relmat.tsv"
+        found = sorted(p for p in func.glob(pattern) if task is None or f"_task-{task}_" in p.name)
+        if not found:
+            logger.info(
+                "sub-%s: no %s FC matrix (%s); left out of the FC harmonization", sub, atlas, desc
+            )
+            continue
+        matrix = pd.read_csv(found[0], sep="\t", index_col=0)
+        iu = np.triu_indices(len(matrix), k=1)
+        values = np.arctanh(np.clip(matrix.to_numpy(dtype=np.float64)[iu], -0.999999, 0.999999))
+        edges = [f"{matrix.index[i]}__{matrix.columns[j]}" for i, j in zip(*iu, strict=True)]
+        if names is None:
+            names = edges
+        elif edges != names:
+            logger.warning(
+                "sub-%s: %s has other ROIs than the first subject; left out", sub, found[0].name
+            )
+            continue
+        rows[sub] = values
+    if not rows:
+        return pd.DataFrame()
+    return pd.DataFrame.from_dict(rows, orient="index", columns=names)
