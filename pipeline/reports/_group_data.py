@@ -102,15 +102,21 @@ def harmonization_embedding(output_dir: Path, resolution: int = 2) -> pd.DataFra
     )
     after = pd.read_csv(harm, sep="\t", usecols=[index_col, *feat_cols[pick]], index_col=0)
     after.index = after.index.astype(str).str.removeprefix("sub-")
-    mask = template(resolution).mask.get_fdata() > 0
-    try:
-        columns = feat_cols[pick].astype(int)
-    except ValueError:
-        logger.warning("%s: feature columns are not voxel indices; no embedding", harm)
-        return None
-    if mask.sum() <= columns.max():
-        return None
-    rows = {s: _gm_row(output_dir, s, mask, columns) for s in after.index}
+    original = harm.with_name("desc-original_features.tsv")
+    if original.exists():  # the features as they went into ComBat
+        raw = pd.read_csv(original, sep="\t", usecols=[index_col, *feat_cols[pick]], index_col=0)
+        raw.index = raw.index.astype(str).str.removeprefix("sub-")
+        rows = {s: raw.loc[s].to_numpy() if s in raw.index else None for s in after.index}
+    else:  # older runs: voxel-indexed GM features, read back from the maps
+        mask = template(resolution).mask.get_fdata() > 0
+        try:
+            columns = feat_cols[pick].astype(int)
+        except ValueError:
+            logger.warning("%s: no original features beside it; no embedding", harm)
+            return None
+        if mask.sum() <= columns.max():
+            return None
+        rows = {s: _gm_row(output_dir, s, mask, columns) for s in after.index}
     keep = [s for s, r in rows.items() if r is not None]
     if len(keep) < 3:
         return None

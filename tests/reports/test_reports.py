@@ -8,6 +8,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from tests.reports import _synthetic as syn
@@ -189,3 +190,31 @@ def test_reports_command(built, tmp_path):
         reports.run(bad)
     with pytest.raises(InputError, match="does not exist"):
         reports.run(parser.parse_args(["reports", str(built.bids), str(tmp_path / "nope")]))
+
+
+def test_embedding_of_regional_features_uses_the_original_table(tmp_path, rng):
+    """Regional (non-voxel) features: the 'before' rows come from desc-original_features.tsv and
+    both stages are projected on the same axes."""
+    from pipeline.reports._group_data import harmonization_embedding
+
+    harm = tmp_path / "group" / "harmonization"
+    harm.mkdir(parents=True)
+    subjects = pd.Index([f"sub-{i:02d}" for i in range(1, 7)], name="participant_id")
+    cols = [f"gm_block_{i}_0_0" for i in range(12)]
+    site = np.repeat([0.0, 1.0], 3)[:, None]
+    before = rng.normal(size=(6, 12)) + 3.0 * site
+    after = before - 3.0 * site
+    pd.DataFrame(before, index=subjects, columns=cols).to_csv(
+        harm / "desc-original_features.tsv", sep="\t"
+    )
+    pd.DataFrame(after, index=subjects, columns=cols).to_csv(
+        harm / "desc-harmonized_features.tsv", sep="\t"
+    )
+    table = harmonization_embedding(tmp_path)
+    assert list(table.index) == [f"{i:02d}" for i in range(1, 7)]
+    mu = before.mean(axis=0)
+    v = np.linalg.svd(before - mu, full_matrices=False)[2][:2].T
+    np.testing.assert_allclose(np.abs(table[["pc1_before", "pc2_before"]]), np.abs((before - mu) @ v))
+    # the site split dominates PC1 before and is gone after
+    pc1b, pc1a = table["pc1_before"].to_numpy(), table["pc1_after"].to_numpy()
+    assert abs(pc1b[:3].mean() - pc1b[3:].mean()) > 3 * abs(pc1a[:3].mean() - pc1a[3:].mean())
