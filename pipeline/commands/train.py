@@ -1,9 +1,14 @@
 """``symprep train``: train one model on preprocessed volumes with labels from participants.tsv.
 
-Example::
+Examples::
 
     symprep train BIDS_DIR DERIVATIVES_DIR --model steerable --target diagnosis \\
         --split leave-site-out --epochs 30 --output-dir DERIVATIVES_DIR/group/models/steerable
+    symprep train BIDS_DIR DERIVATIVES_DIR --model vae \\
+        --hparams '{"latent_dim": 16, "encoder": "octahedral", "beta": 0.5}'
+
+The VAE needs no target column; its evaluation (reconstruction MSE/SSIM, invariance of the latent
+mean, site predictability) and figures are written beside ``metrics.json``.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ logger = logging.getLogger(__name__)
 
 # command-line flag -> ModelOptions field (only flags given on the command line override)
 _FLAGS: dict[str, dict[str, Any]] = {
-    "model": {"choices": ["cnn", "octahedral", "steerable", "relaxed"]},
+    "model": {"choices": ["cnn", "octahedral", "steerable", "relaxed", "vae"]},
     "target": {},
     "task": {"choices": ["auto", "classification", "regression"]},
     "input_pattern": {},
@@ -43,7 +48,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     """Register ``train`` on the ``symprep`` subcommand parser and return its parser."""
     p = subparsers.add_parser(
         "train",
-        help="train a (rotation-equivariant) 3D model on preprocessed volumes",
+        help="train a (rotation-equivariant) 3D model or the VAE on preprocessed volumes",
         description=__doc__.split("\n\n")[0],
     )
     p.add_argument("bids_dir", type=Path, help="BIDS dataset (its participants.tsv has the labels)")

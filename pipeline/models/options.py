@@ -17,17 +17,21 @@ class ModelOptions(StrictOptions):
     """Group model stage: rotation-equivariant 3D CNNs and the VAE."""
 
     enabled: bool = Field(False, description="Train models in the group stage.")
-    model: Literal["cnn", "octahedral", "steerable", "relaxed"] = Field(
+    model: Literal["cnn", "octahedral", "steerable", "relaxed", "vae"] = Field(
         "steerable",
-        description="Architecture: plain 3D CNN, octahedral group CNN, SO(3)-steerable CNN (e3nn) "
-        "or relaxed (approximately equivariant) octahedral CNN.",
+        description="Architecture: plain 3D CNN, octahedral group CNN, SO(3)-steerable CNN (e3nn), "
+        "relaxed (approximately equivariant) octahedral CNN, or the 3D VAE (unsupervised; "
+        "evaluated for reconstruction, invariance of its latent mean and site predictability).",
     )
     hparams: dict[str, Any] = Field(
         default_factory=dict,
         description="Extra model hyperparameters passed to build_model (e.g. widths, lmax, "
-        "diameter, banks).",
+        "diameter, banks; for the VAE: latent_dim (default 16), encoder (cnn, octahedral or "
+        "steerable), beta (KL weight, default 1), widths, encoder_hparams).",
     )
-    target: str = Field("diagnosis", description="Column of participants.tsv to predict.")
+    target: str = Field(
+        "diagnosis", description="Column of participants.tsv to predict (not used by the VAE)."
+    )
     task: Literal["auto", "classification", "regression"] = Field(
         "auto", description="Classification for categorical targets, regression for numbers."
     )

@@ -9,6 +9,11 @@
   per epoch);
 - ``log.csv``: one row per epoch (losses, metrics, throughput, seconds);
 - ``metrics.json``: the final metrics, parameter count, device and per-epoch history.
+
+:func:`fit_vae` does the same for the :class:`~pipeline.models.VAE` (no targets; the loss is the
+β-weighted negative ELBO, logged per epoch with its reconstruction and KL terms) and adds the
+evaluation of :mod:`pipeline.models.vae_report` to ``metrics.json``. :func:`train_from_bids`
+picks the one that fits ``options.model``.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import logging
 import math
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +44,7 @@ __all__ = [
     "augment_batch",
     "evaluate",
     "fit",
+    "fit_vae",
     "load_checkpoint",
     "select_device",
     "seed_everything",
@@ -72,6 +79,14 @@ def _epoch_generator(seed: int, epoch: int) -> tuple[torch.Generator, np.random.
     g = torch.Generator()
     g.manual_seed(int(ss.generate_state(1, np.uint64)[0] % 2**63))
     return g, np.random.default_rng(ss)
+
+
+def _noise_generator(seed: int, epoch: int, device: torch.device) -> torch.Generator:
+    """Generator of the VAE's reparameterization noise for one epoch, on ``device``."""
+    ss = np.random.SeedSequence([seed, epoch, 1])
+    g = torch.Generator(device=device)
+    g.manual_seed(int(ss.generate_state(1, np.uint64)[0] % 2**63))
+    return g
 
 
 def augment_batch(x: torch.Tensor, kind: str, rng: np.random.Generator) -> torch.Tensor:
@@ -301,6 +316,163 @@ def fit(
     return result
 
 
+def fit_vae(
+    model: nn.Module,
+    train_data: Dataset,
+    test_data: Dataset | None,
+    out_dir: str | os.PathLike[str],
+    options: ModelOptions | None = None,
+    report: Callable[[nn.Module, torch.device], dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """Train a :class:`~pipeline.models.VAE`; write checkpoint, ``log.csv`` and ``metrics.json``.
+
+    The loss is the model's β-weighted negative ELBO per voxel (:meth:`VAE.loss`). Each epoch
+    logs ``train_loss``, ``train_recon``, ``train_kl`` (with sampled :math:`z`) and, with a test
+    set, ``test_loss``, ``test_recon``, ``test_kl`` (with :math:`z = \\mu`). Shuffling,
+    augmentation and the reparameterization noise are seeded per epoch, so a resumed run takes
+    the steps an uninterrupted one would have taken, and the same seed gives the same model on
+    CPU.
+
+    Parameters
+    ----------
+    model : VAE
+        From ``build_model("vae", ...)``.
+    train_data, test_data : Dataset
+        Volumes ``(C, X, Y, Z)`` or ``(volume, anything)`` pairs (the second item is ignored);
+        ``test_data`` may be None.
+    out_dir : path-like
+        Output folder (created).
+    options : ModelOptions, optional
+        Epochs, batch size, optimiser, augmentation, device, AMP, seed, resume, progress.
+    report : callable, optional
+        ``report(model, device) -> dict`` run after training; its keys are added to the metrics
+        (see :func:`pipeline.models.vae_report.vae_report`).
+
+    Returns
+    -------
+    dict
+        The metrics also written to ``metrics.json``: ``train`` and ``test`` hold ``loss``,
+        ``kl``, ``mse`` and ``ssim`` (see :func:`~pipeline.models.vae_report.reconstruction_metrics`).
+    """
+    from tqdm.auto import tqdm
+
+    from pipeline.models.vae_report import reconstruction_metrics
+
+    opts = options or ModelOptions()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    device = select_device(opts.device)
+    model.to(device)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=opts.learning_rate, weight_decay=opts.weight_decay
+    )
+    use_scaler = device.type == "cuda" and opts.amp and not torch.cuda.is_bf16_supported()
+    scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
+    name = getattr(model, "name", "vae")
+
+    history: list[dict[str, Any]] = []
+    start_epoch = 0
+    ckpt_path = out / CHECKPOINT
+    if opts.resume and ckpt_path.exists():
+        ckpt = load_checkpoint(ckpt_path, str(device))
+        if ckpt.get("model_name") != name or ckpt.get("hparams") != getattr(model, "hparams", {}):
+            raise ConfigError(
+                f"checkpoint {ckpt_path} is for model {ckpt.get('model_name')!r} with "
+                f"hyperparameters {ckpt.get('hparams')}, not {name!r} with "
+                f"{getattr(model, 'hparams', {})}; use another output folder or --no-resume"
+            )
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scaler.load_state_dict(ckpt["scaler"])
+        history, start_epoch = ckpt["history"], ckpt["epoch"] + 1
+        logger.info("resuming %s from epoch %d", ckpt_path, start_epoch)
+
+    has_test = test_data is not None and len(test_data) > 0
+    n_steps = math.ceil(len(train_data) / opts.batch_size)
+    bar = tqdm(
+        total=(opts.epochs - start_epoch) * n_steps,
+        desc=f"train {name}",
+        unit="step",
+        disable=not opts.progress,
+    )
+    keys = ("loss", "recon", "kl")
+    for epoch in range(start_epoch, opts.epochs):
+        gen, rng = _epoch_generator(opts.seed, epoch)
+        noise = _noise_generator(opts.seed, epoch, device)
+        loader = DataLoader(train_data, batch_size=opts.batch_size, shuffle=True, generator=gen)
+        model.train()
+        t0, sums, n_seen = time.perf_counter(), torch.zeros(3, device=device), 0
+        for batch in loader:
+            x = (batch[0] if isinstance(batch, list | tuple) else batch).to(
+                device, non_blocking=True
+            )
+            x = augment_batch(x, opts.augment, rng)
+            with _autocast(device, opts.amp):
+                terms = model.loss(x, noise)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(terms["loss"]).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            sums += torch.stack([terms[k].detach() for k in keys]) * len(x)
+            n_seen += len(x)
+            bar.update()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        seconds = time.perf_counter() - t0
+        means = (sums / max(n_seen, 1)).tolist()
+        row: dict[str, Any] = {"epoch": epoch}
+        row.update({f"train_{k}": v for k, v in zip(keys, means, strict=True)})
+        row.update({"train_volumes_per_s": n_seen / seconds, "seconds": seconds})
+        if has_test:
+            terms_test = reconstruction_metrics(
+                model, test_data, device, opts.batch_size, opts.amp, ssim=False
+            )
+            row.update({f"test_{k}": v for k, v in terms_test.items()})
+        history.append(row)
+        bar.set_postfix(loss=f"{row['train_loss']:.4f}")
+        _save_checkpoint(
+            ckpt_path,
+            {
+                "model_name": name,
+                "hparams": getattr(model, "hparams", {}),
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scaler": scaler.state_dict(),
+                "epoch": epoch,
+                "history": history,
+                "scale": (0.0, 1.0),
+                "task": "generative",
+                "classes": [],
+                "options": opts.model_dump(),
+            },
+        )
+        _write_log(out / "log.csv", history)
+    bar.close()
+
+    model.eval()
+    result: dict[str, Any] = {
+        "model": name,
+        "n_parameters": n_parameters(model),
+        "device": str(device),
+        "task": "generative",
+        "classes": [],
+        "epochs": opts.epochs,
+        "latent_dim": int(getattr(model, "latent_dim", 0)),
+        "encoder": getattr(model, "encoder_kind", ""),
+        "beta": float(getattr(model, "beta", 1.0)),
+        "n_train": len(train_data),
+        "n_test": len(test_data) if test_data is not None else 0,
+        "history": history,
+        "train": reconstruction_metrics(model, train_data, device, opts.batch_size, opts.amp),
+    }
+    if has_test:
+        result["test"] = reconstruction_metrics(model, test_data, device, opts.batch_size, opts.amp)
+    if report is not None:
+        result.update(report(model, device))
+    write_json(out / "metrics.json", result)
+    return result
+
+
 def _write_log(path: Path, history: list[dict[str, Any]]) -> None:
     cols: list[str] = []
     for row in history:
@@ -322,7 +494,8 @@ def train_from_bids(
 ) -> dict[str, Any]:
     """Read labels and volumes, split by site, build the model and :func:`fit` it.
 
-    Also writes ``split.tsv`` (participant, site, target, fold) into ``out_dir``.
+    Also writes ``split.tsv`` (participant, site, target, fold) into ``out_dir``. For
+    ``options.model == "vae"`` see :func:`_train_vae_from_bids` (no target needed).
     """
     from pipeline.models._registry import build_model
     from pipeline.models.data import (
@@ -334,6 +507,8 @@ def train_from_bids(
     )
 
     opts = options or ModelOptions()
+    if opts.model == "vae":
+        return _train_vae_from_bids(bids_dir, derivatives_dir, out_dir, opts)
     table = read_participants(bids_dir, opts.target)
     y, task, classes = encode_labels(table["target"], opts.task)
     train_idx, test_idx = site_split(
@@ -356,3 +531,73 @@ def train_from_bids(
     ]
     write_text(out / "split.tsv", "\n".join(split_rows) + "\n")
     return fit(model, train, test, out, opts, task, classes)
+
+
+#: latent dimension of the VAE when ``models.hparams`` has no ``latent_dim``
+DEFAULT_LATENT_DIM = 16
+
+
+def _train_vae_from_bids(
+    bids_dir: str | os.PathLike[str],
+    derivatives_dir: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    opts: ModelOptions,
+) -> dict[str, Any]:
+    """Train the VAE on every participant's volume of the training part and evaluate it.
+
+    The target column is not used (and may be absent): the split is stratified by site (or holds
+    out ``test_sites``). ``opts.hparams`` gives ``latent_dim`` (default
+    :data:`DEFAULT_LATENT_DIM`) and the :class:`~pipeline.models.VAE` arguments (``encoder``,
+    ``beta``, ``widths``, ``encoder_hparams``); the grid ``shape`` comes from the volumes.
+    Writes ``split.tsv``, then everything :func:`fit_vae` writes, with the evaluation of
+    :func:`~pipeline.models.vae_report.vae_report` (and its figures) in ``metrics.json``.
+    """
+    from pipeline.models._registry import build_model
+    from pipeline.models.data import VolumeDataset, find_volumes, read_participants, site_split
+    from pipeline.models.vae_report import vae_report
+
+    hparams = dict(opts.hparams)
+    latent = hparams.pop("latent_dim", DEFAULT_LATENT_DIM)
+    if not isinstance(latent, int) or isinstance(latent, bool) or latent < 1:
+        raise ConfigError(f"VAE hparams: latent_dim must be a positive integer; got {latent!r}")
+    if "shape" in hparams:
+        raise ConfigError("VAE hparams: 'shape' is set from the input volumes; remove it")
+    table = read_participants(bids_dir, target="site")  # the site stands in for the target
+    train_idx, test_idx = site_split(
+        table, opts.split, opts.test_fraction, opts.test_sites or None, opts.seed
+    )
+    paths = find_volumes(derivatives_dir, list(table.index), opts.input_pattern)
+    # the padded grid depends on the stride-2 stages: ask a throwaway model for them
+    levels = build_model("vae", 1, latent, **hparams).levels
+    logger.info("loading %d volumes (downsample %d)", len(paths), opts.downsample)
+    sites = table["site"].astype(str).to_numpy()
+    full = VolumeDataset(paths, np.zeros(len(paths), np.int64), levels, opts.downsample)
+    seed_everything(opts.seed)
+    model = build_model("vae", 1, latent, shape=tuple(full.volumes.shape[-3:]), **hparams)
+    train = torch.utils.data.Subset(full, train_idx.tolist())
+    test = torch.utils.data.Subset(full, test_idx.tolist())
+    out = Path(out_dir)
+    fold = np.where(np.isin(np.arange(len(table)), test_idx), "test", "train")
+    split_rows = ["participant_id\tsite\ttarget\tfold"] + [
+        f"sub-{lab}\t{site}\tn/a\t{f}"
+        for lab, site, f in zip(table.index, sites, fold, strict=True)
+    ]
+    write_text(out / "split.tsv", "\n".join(split_rows) + "\n")
+
+    def report(trained: nn.Module, device: torch.device) -> dict[str, Any]:
+        return vae_report(
+            trained,
+            full.volumes,
+            sites,
+            train_idx,
+            test_idx,
+            out,
+            device,
+            paths=paths,
+            downsample=opts.downsample,
+            batch_size=opts.batch_size,
+            seed=opts.seed,
+            progress=opts.progress,
+        )
+
+    return fit_vae(model, train, test, out, opts, report)

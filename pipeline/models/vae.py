@@ -141,7 +141,8 @@ class VAE(nn.Module):
 
             self.encoder = SteerableCNN(in_channels, 2 * num_outputs, **extra)
         self.decoder = _Decoder(num_outputs, in_channels, widths, shape)
-        self.levels = len(widths) - 1
+        # the input side must suit both the decoder's and the encoder's stride-2 stages
+        self.levels = max(len(widths) - 1, int(getattr(self.encoder, "levels", 0)))
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Posterior mean and log-variance, each ``(B, latent_dim)``."""
@@ -157,11 +158,21 @@ class VAE(nn.Module):
         """:math:`\\mu(x)`, shape ``(B, latent_dim)``."""
         return self.encode(x)[0]
 
-    def reparameterize(self, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-        """:math:`z = \\mu + e^{\\log\\sigma^2 / 2} \\varepsilon` (the mean in eval mode)."""
+    def reparameterize(
+        self,
+        mu: torch.Tensor,
+        logvar: torch.Tensor,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """:math:`z = \\mu + e^{\\log\\sigma^2 / 2} \\varepsilon` (the mean in eval mode).
+
+        ``generator`` (on the device of ``mu``) draws :math:`\\varepsilon`; seeded, it makes a
+        training step reproducible without touching the global random state.
+        """
         if not self.training:
             return mu
-        return mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
+        eps = torch.randn(mu.shape, generator=generator, dtype=mu.dtype, device=mu.device)
+        return mu + torch.exp(0.5 * logvar) * eps
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -170,11 +181,18 @@ class VAE(nn.Module):
         z = torch.randn(n, self.latent_dim, generator=generator, dtype=p.dtype).to(p.device)
         return self.decode(z)
 
-    def loss(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def loss(
+        self, x: torch.Tensor, generator: torch.Generator | None = None
+    ) -> dict[str, torch.Tensor]:
         """β-weighted negative ELBO (mean over the batch) and its terms ``recon`` and ``kl``
-        (both per voxel)."""
+        (both per voxel), computed in float32 (also under autocast).
+
+        In eval mode :math:`z = \\mu` and ``recon`` is the reconstruction MSE per voxel.
+        """
         mu, logvar = self.encode(x)
-        xhat = self.decode(self.reparameterize(mu, logvar))
+        mu, logvar = mu.float(), logvar.float()
+        xhat = self.decode(self.reparameterize(mu, logvar, generator)).float()
+        x = x.float()
         n = x[0].numel()
         recon = (xhat - x).pow(2).flatten(1).sum(1) / n
         kl = 0.5 * (mu.pow(2) + logvar.exp() - logvar - 1).sum(1) / n
