@@ -205,13 +205,64 @@ def _png_size(path: Path) -> tuple[int, int]:
     return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
 
 
+#: VAE evaluation columns of the group report: header -> path into the run's metrics.json
+_VAE_COLUMNS = {
+    "encoder": ("encoder",),
+    "latent": ("latent_dim",),
+    "β": ("beta",),
+    "test MSE": ("test", "mse"),
+    "test SSIM": ("test", "ssim"),
+    "train MSE": ("train", "mse"),
+    "train SSIM": ("train", "ssim"),
+    "Δμ cube rotations": ("invariance", "cube_rotations", "mean"),
+    "Δμ gain": ("invariance", "gain", "mean"),
+    "Δμ contrast": ("invariance", "contrast", "mean"),
+    "Δμ bias field": ("invariance", "bias_field", "mean"),
+    "site BA from μ": ("site_prediction", "balanced_accuracy"),
+    "site BA after ComBat": ("site_prediction", "balanced_accuracy_combat"),
+    "chance": ("site_prediction", "chance"),
+}
+_VAE_CAPTIONS = {
+    "latent_traversals": "latent traversals: the decoder at the mean μ moved by t prior standard "
+    "deviations along the latent dimensions with the largest KL (axial mid-slices; last column: "
+    "difference between the extreme steps).",
+    "samples": "samples: decoded draws z ~ N(0, I) (axial mid-slices).",
+}
+
+
+def _get(tree: dict[str, Any], path: tuple[str, ...]) -> Any:
+    for key in path:
+        tree = tree.get(key) if isinstance(tree, dict) else None
+    return tree
+
+
+def _vae_section(runs: list[tuple[str, Path, dict[str, Any]]], group_dir: Path) -> dict | None:
+    """Table of the VAE runs' evaluation (reconstruction, invariance of μ, site) and their
+    figures (written by :mod:`pipeline.models.vae_report` beside each ``metrics.json``)."""
+    rows, figures = [], []
+    for name, run_dir, m in runs:
+        rows.append([_cell(name)] + [_cell(_get(m, path)) for path in _VAE_COLUMNS.values()])
+        for key, entry in (m.get("figures") or {}).items():
+            file = entry.get("file") if isinstance(entry, dict) else entry
+            path = run_dir / str(file)
+            if file and path.exists():
+                caption = f"VAE {name}: " + _VAE_CAPTIONS.get(key, key.replace("_", " ") + ".")
+                src = os.path.relpath(path, group_dir).replace(os.sep, "/")
+                figures.append(Figure(f"{name}-{key}", src, caption, *_png_size(path)))
+    if not rows:
+        return None
+    return {"table": {"columns": ["run", *_VAE_COLUMNS], "rows": rows}, "figures": figures}
+
+
 def _models(output_dir: Path, fig_dir: Path) -> tuple[dict | None, list[Figure], list[str]]:
     mdir = output_dir / "group" / "models"
-    rows, logs, names = [], {}, []
+    rows, logs, names, vae_runs = [], {}, [], []
     for metrics_path in sorted(mdir.glob("*/metrics.json")) if mdir.is_dir() else []:
         m = _read(metrics_path)
         name = metrics_path.parent.name
         names.append(str(m.get("model", name)))
+        if m.get("model") == "vae" or "invariance" in m:
+            vae_runs.append((name, metrics_path.parent, m))
         row = {
             "run": name,
             "model": m.get("model", name),
@@ -240,7 +291,9 @@ def _models(output_dir: Path, fig_dir: Path) -> tuple[dict | None, list[Figure],
     }
     fig = training_curves_figure(logs, fig_dir / "training_curves.png", output_dir / "group")
     figs = [fig] if fig else []
-    return {"table": table, "figures": figs}, figs, names
+    vae = _vae_section(vae_runs, output_dir / "group")
+    all_figs = figs + (vae["figures"] if vae else [])
+    return {"table": table, "figures": figs, "vae": vae}, all_figs, names
 
 
 def build_group_report(output_dir: Path) -> Path:
