@@ -7,8 +7,10 @@ Harmonization (:mod:`pipeline.gauge`) runs when at least two sites have usable s
 
 * ``gm_regional`` → ``group/harmonization/``: GM probability in ``gauge.regional_block_mm`` cubes
   (the headline QC of the group report);
-* ``gm_voxelwise`` → ``group/harmonization/voxelwise/``: every in-mask voxel of the GM maps, on the
-  dask cluster of the ``dask:`` section, one harmonized NIfTI per subject;
+* ``gm_voxelwise`` → ``group/harmonization/gm_voxelwise/``: every in-mask voxel of the GM maps, on
+  the dask cluster of the ``dask:`` section, one harmonized NIfTI per subject;
+* ``t1w_voxelwise`` → ``group/harmonization/t1w_voxelwise/``: the same for the template-space T1w,
+  intensity-normalized first (``gauge.intensity_method``; Nyúl fitted on the training subjects);
 * ``fc`` → ``group/harmonization/fc/``: Fisher-z FC edges of ``gauge.fc_atlas``/``gauge.fc_strategy``.
 """
 
@@ -138,34 +140,63 @@ def _harmonize(
                 edges, participants.loc[edges.index], options, hdir / "fc", seed=config.seed
             )
             result["fc"] = {"status": "ok", **_scalars(fc)}
-    if "gm_voxelwise" in options.features:
-        result["voxelwise"] = _harmonize_voxelwise(output_dir, subjects, participants, config)
+    for kind in ("gm", "t1w"):
+        if f"{kind}_voxelwise" in options.features:
+            result[f"{kind}_voxelwise"] = _harmonize_voxelwise(
+                kind, output_dir, subjects, participants, config
+            )
     return result
 
 
 def _harmonize_voxelwise(
-    output_dir: Path, subjects: list[str], participants: pd.DataFrame, config: Config
+    kind: str, output_dir: Path, subjects: list[str], participants: pd.DataFrame, config: Config
 ) -> dict:
+    """Voxel-wise ComBat of the template-space GM maps (``kind="gm"``) or T1w (``"t1w"``)."""
     from pipeline.dask_cluster import dask_client
     from pipeline.data.templates import load_template
-    from pipeline.gauge._voxelwise import run_voxelwise_harmonization
-    from pipeline.group_features import gm_maps
+    from pipeline.gauge._run import _train_mask
+    from pipeline.gauge._voxelwise import IntensityNormalizer, run_voxelwise_harmonization
+    from pipeline.group_features import gm_maps, t1w_maps
 
     res = config.anat.resolution
-    maps = gm_maps(output_dir, subjects, res)
+    mask = load_template(res).mask
+    maps = (gm_maps if kind == "gm" else t1w_maps)(output_dir, subjects, res)
     if not maps or participants.loc[list(maps), "site"].nunique() < 2:
-        return {"status": "skipped", "reason": "no GM maps from two sites"}
+        return {
+            "status": "skipped",
+            "reason": f"no template-space {kind.upper()} maps from two sites",
+        }
+    parts = participants.loc[list(maps)]
+    normalize, entities, suffix = None, f"space-MNI152NLin2009aSym_res-{res}", "T1w"
+    if kind == "gm":
+        entities, suffix = f"{entities}_label-GM", "probseg"
+    elif config.gauge.intensity_method != "none":
+        nyul = None
+        mask_data = np.asarray(mask.get_fdata()) > 0.5
+        if config.gauge.intensity_method == "nyul":  # fitted on the training subjects only
+            import nibabel as nib
+
+            from pipeline.gauge import NyulStandardizer
+
+            train = [s for s, t in zip(maps, _train_mask(parts, config.gauge), strict=True) if t]
+            nyul = NyulStandardizer().fit(
+                [np.asarray(nib.load(maps[s]).dataobj, dtype=np.float32) for s in train],
+                [mask_data] * len(train),
+            )
+        normalize = IntensityNormalizer(config.gauge.intensity_method, mask_data, nyul)
     work = Path(config.work_dir) if config.work_dir else output_dir.parent / "work"
     with dask_client(config.dask) as client:
         result = run_voxelwise_harmonization(
             maps,
-            load_template(res).mask,
-            participants.loc[list(maps)],
+            mask,
+            parts,
             config.gauge,
-            output_dir / "group" / "harmonization" / "voxelwise",
-            work / "group",
+            output_dir / "group" / "harmonization" / f"{kind}_voxelwise",
+            work / "group" / f"{kind}_voxelwise",
             seed=config.seed,
             client=client,
-            entities=f"space-MNI152NLin2009aSym_res-{res}_label-GM",
+            entities=entities,
+            suffix=suffix,
+            normalize=normalize,
         )
     return {"status": "ok", **_scalars(result)}

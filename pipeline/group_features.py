@@ -1,7 +1,7 @@
 """Group-level feature tables and map lists that the harmonization stage reads from the derivatives.
 
 * :func:`gm_features` — regional grey matter (template-space GM probability in cubes);
-* :func:`gm_maps` — the template-space GM maps themselves (for voxel-wise harmonization);
+* :func:`gm_maps`, :func:`t1w_maps` — template-space GM maps and T1w (voxel-wise harmonization);
 * :func:`fc_features` — functional-connectivity edges (Fisher z of Pearson correlations).
 """
 
@@ -18,22 +18,23 @@ from pipeline.bids_names import derivative_path
 logger = logging.getLogger(__name__)
 
 
-def gm_maps(output_dir: Path, subjects: list[str], resolution: int) -> dict[str, Path]:
-    """Participant → template-space GM probability map, for the subjects that have one."""
+def _maps(output_dir: Path, subjects: list[str], **entities: str | int) -> dict[str, Path]:
     maps = {}
     for sub in subjects:
-        path = derivative_path(
-            output_dir,
-            sub,
-            "anat",
-            space="MNI152NLin2009aSym",
-            res=resolution,
-            label="GM",
-            suffix="probseg",
-        )
+        path = derivative_path(output_dir, sub, "anat", space="MNI152NLin2009aSym", **entities)
         if path.exists():
             maps[sub] = path
     return maps
+
+
+def gm_maps(output_dir: Path, subjects: list[str], resolution: int) -> dict[str, Path]:
+    """Participant → template-space GM probability map, for the subjects that have one."""
+    return _maps(output_dir, subjects, res=resolution, label="GM", suffix="probseg")
+
+
+def t1w_maps(output_dir: Path, subjects: list[str], resolution: int) -> dict[str, Path]:
+    """Participant → template-space preprocessed T1w, for the subjects that have one."""
+    return _maps(output_dir, subjects, res=resolution, desc="preproc", suffix="T1w")
 
 
 def gm_features(

@@ -22,12 +22,9 @@ if CONFIG.models.enabled:
         params:
             bids=BIDS_DIR,
             out=lambda w, output: str(Path(output[0]).parents[3]),
+            config=str(RUN_CONFIG),
             symprep=SYMPREP,
-            flags=(
-                f"--model {CONFIG.models.model} --target {CONFIG.models.target} "
-                f"--split {CONFIG.models.split} --epochs {CONFIG.models.epochs} "
-                f"--batch-size {CONFIG.models.batch_size} --augment {CONFIG.models.augment} "
-                f"--device {CONFIG.models.device} --seed {CONFIG.models.seed} --no-progress"
-            ),
         shell:
-            "{params.symprep} train {params.bids} {params.out} {params.flags} > {log} 2>&1"
+            # every models: option (hparams, split, downsample, ...) comes from the run's config
+            "{params.symprep} train {params.bids} {params.out} --config {params.config} "
+            "--no-progress > {log} 2>&1"

@@ -71,6 +71,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
             **kw,
         )
     p.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="YAML configuration file: its models: section is the base the flags override",
+    )
+    p.add_argument(
         "--hparams",
         type=json.loads,
         default=None,
@@ -105,7 +111,12 @@ def run(args: argparse.Namespace) -> int:
     """Train the model described by ``args``; return 0 on success."""
     from pipeline.models.training import train_from_bids
 
-    opts = options_from_args(args, getattr(args, "model_options", None))
+    base = getattr(args, "model_options", None)
+    if base is None and getattr(args, "config", None) is not None:
+        from pipeline.config import load_config
+
+        base = load_config(args.config).models
+    opts = options_from_args(args, base)
     out = args.output_dir or Path(args.derivatives_dir) / "group" / "models" / opts.model
     metrics = train_from_bids(args.bids_dir, args.derivatives_dir, out, opts)
     test = metrics.get("test", {})

@@ -1,10 +1,10 @@
-"""Voxel-wise ComBat of template-space maps (GM probability, normalised T1w) on a dask cluster.
+"""Voxel-wise ComBat of template-space maps (GM probability, normalized T1w) on a dask cluster.
 
 The maps of every subject form an ``(n_subjects, n_voxels_in_mask)`` matrix that need not fit in
 memory (ABIDE at 2 mm: 1,100 × 228,000). The stage runs in four steps:
 
 1. **load** (parallel, on the dask cluster of :mod:`pipeline.dask_cluster`): each subject's map is
-   read and masked by one task; the client streams the rows into a float32 memory-mapped matrix
+   read, intensity-normalized (T1w: ``gauge.intensity_method``) and masked by one task; the client streams the rows into a float32 memory-mapped matrix
    in the work folder, in subject order;
 2. **fit** :class:`~pipeline.gauge.ComBat` on the training subjects (a lazy ``dask.array`` view of
    the memmap selects them without a copy) and **transform** everyone into a second memmap, block
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,12 +36,36 @@ from pipeline.gauge.options import GaugeOptions
 log = logging.getLogger(__name__)
 
 
-def _masked_row(path: str, flat_index: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+@dataclass
+class IntensityNormalizer:
+    """Per-image intensity normalization applied to each map before it is masked (picklable, so
+    it runs on the dask workers). ``method`` is one of :data:`pipeline.gauge._intensity.METHODS`;
+    ``nyul`` a :class:`~pipeline.gauge.NyulStandardizer` fitted on the training subjects."""
+
+    method: str
+    mask: np.ndarray
+    nyul: Any = None
+
+    def __call__(self, volume: np.ndarray) -> np.ndarray:
+        from pipeline.gauge._intensity import normalize_t1w
+
+        out = normalize_t1w(volume, self.mask, self.method, nyul=self.nyul)
+        return np.asarray(out, dtype=np.float32)
+
+
+def _masked_row(
+    path: str,
+    flat_index: np.ndarray,
+    shape: tuple[int, ...],
+    normalize: IntensityNormalizer | None = None,
+) -> np.ndarray:
     img = nib.load(path)
     if img.shape[:3] != shape:
         raise HarmonizationError(f"{path}: grid {img.shape[:3]} differs from the mask's {shape}")
-    data = np.asarray(img.dataobj, dtype=np.float32).reshape(-1)
-    return data[flat_index]
+    data = np.asarray(img.dataobj, dtype=np.float32)
+    if normalize is not None:
+        data = normalize(data)
+    return data.reshape(-1)[flat_index]
 
 
 def _write_map(
@@ -93,6 +118,7 @@ def run_voxelwise_harmonization(
     client: Any = None,
     entities: str = "space-MNI152NLin2009aSym_res-2_label-GM",
     suffix: str = "probseg",
+    normalize: IntensityNormalizer | None = None,
 ) -> dict[str, Any]:
     """Harmonize template-space maps voxel by voxel; write one harmonized map per subject.
 
@@ -117,6 +143,8 @@ def run_voxelwise_harmonization(
         dask's threaded scheduler.
     entities, suffix : str
         BIDS entities and suffix of the output file names.
+    normalize : IntensityNormalizer, optional
+        Per-image intensity normalization before masking (T1w maps).
 
     Returns
     -------
@@ -144,7 +172,9 @@ def run_voxelwise_harmonization(
     try:
         raw = np.lib.format.open_memmap(raw_path, mode="w+", dtype=np.float32, shape=(n, p))
         load = [
-            dask.delayed(_masked_row)(str(maps[s]), flat_index, shape, dask_key_name=f"load-{i}")
+            dask.delayed(_masked_row)(
+                str(maps[s]), flat_index, shape, normalize, dask_key_name=f"load-{i}"
+            )
             for i, s in enumerate(subjects)
         ]
         for i, row in _gather(client, load, "load maps"):

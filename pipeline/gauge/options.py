@@ -48,11 +48,13 @@ class GaugeOptions(StrictOptions):
     block_features: int | None = Field(
         None, ge=1, description="Features per streamed block (default: 32 MB blocks)."
     )
-    features: list[Literal["gm_regional", "gm_voxelwise", "fc"]] = Field(
-        ["gm_regional", "gm_voxelwise", "fc"],
+    features: list[Literal["gm_regional", "gm_voxelwise", "t1w_voxelwise", "fc"]] = Field(
+        ["gm_regional", "gm_voxelwise", "t1w_voxelwise", "fc"],
         description="What the group stage harmonizes: regional GM (template-space GM probability "
-        "in regional_block_mm cubes), voxel-wise GM maps (written as harmonized NIfTI, on the "
-        "dask cluster), and FC edges (Fisher z of the Pearson matrices of fc_atlas/fc_strategy).",
+        "in regional_block_mm cubes), voxel-wise GM maps and voxel-wise template-space T1w "
+        "(intensity-normalized with intensity_method first; both written as harmonized NIfTI, "
+        "on the dask cluster), and FC edges (Fisher z of the Pearson matrices of "
+        "fc_atlas/fc_strategy).",
     )
     regional_block_mm: float = Field(
         8.0, gt=0, description="Cube size of the regional GM features (mm)."

@@ -60,3 +60,26 @@ def test_train_command_rejects_bad_options(dataset):
     args = _parser().parse_args(["train", str(bids), str(deriv), "--epochs", "0"])
     with pytest.raises(ConfigError, match="invalid train option: epochs"):
         args.func(args)
+
+
+def test_config_models_section_is_the_base_and_flags_override(dataset, tmp_path):
+    """What the Snakemake train rule relies on: every models: option (hparams included) comes from
+    the run's configuration file; a flag still wins."""
+    from pipeline.models import build_model
+
+    bids, deriv = dataset
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        "models:\n  model: cnn\n  epochs: 3\n  downsample: 1\n  device: cpu\n"
+        "  hparams: {widths: [3, 5]}\n  split: leave-site-out\n  test_sites: [B]\n"
+    )
+    out = tmp_path / "model"
+    args = _parser().parse_args(
+        ["train", str(bids), str(deriv), "--output-dir", str(out), "--config", str(config),
+         "--epochs", "1", "--no-progress"]
+    )  # fmt: skip
+    assert args.func(args) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert len(metrics["history"]) == 1  # the flag overrode epochs: 3
+    expected = sum(p.numel() for p in build_model("cnn", 1, 2, widths=[3, 5]).parameters())
+    assert metrics["n_parameters"] == expected  # hparams from the file reached the model
