@@ -148,6 +148,41 @@ def _participants(output_dir: Path, sites: pd.DataFrame) -> tuple[dict, pd.DataF
     return table, qc_frame, thresholds
 
 
+#: harmonized feature sets: sub-folder of group/harmonization ("" = the regional GM at the top)
+FEATURE_SETS = [
+    ("", "Regional GM"),
+    ("fc", "FC edges"),
+    ("gm_voxelwise", "GM maps, voxel-wise"),
+    ("t1w_voxelwise", "T1w, voxel-wise"),
+]
+
+
+def _feature_sets(hdir: Path) -> pd.DataFrame | None:
+    """One row per harmonized feature set: sizes, site prediction before/after, biology kept."""
+    rows = []
+    for sub, label in FEATURE_SETS:
+        path = hdir / sub / "qc.json"
+        if not path.exists():
+            continue
+        qc = _read(path)
+        pred = qc.get("site_prediction", {})
+        effects = [e.get("t_map_correlation") for e in qc.get("effects", [])]
+        effects = [e for e in effects if isinstance(e, int | float) and math.isfinite(e)]
+        rows.append(
+            {
+                "features": label,
+                "subjects": qc.get("n_subjects"),
+                "features used": qc.get("n_features"),
+                "site BA before": pred.get("before", {}).get("balanced_accuracy"),
+                "site BA after": pred.get("after", {}).get("balanced_accuracy"),
+                "chance": pred.get("before", {}).get("chance"),
+                "p after": pred.get("after", {}).get("p_value"),
+                "min t-map r": min(effects) if effects else None,
+            }
+        )
+    return pd.DataFrame(rows) if rows else None
+
+
 def _harmonization(
     output_dir: Path, sites: pd.DataFrame, fig_dir: Path
 ) -> tuple[dict | None, list[Figure], dict]:
@@ -177,6 +212,20 @@ def _harmonization(
         )
         if p.exists()
     ]
+    feature_sets = _feature_sets(hdir)
+    if feature_sets is not None:
+        tables.insert(0, frame_table(feature_sets, "Harmonized feature sets"))
+    for sub, label in FEATURE_SETS[1:]:
+        fig = hdir / sub / "site_prediction.png"
+        if fig.exists():
+            figures.append(
+                Figure(
+                    f"{sub}_site_prediction",
+                    os.path.relpath(fig, group_dir).replace(os.sep, "/"),
+                    f"{label}: site-prediction balanced accuracy before and after harmonization.",
+                    *_png_size(fig),
+                )
+            )
     emb = None
     try:
         emb = harmonization_embedding(output_dir)

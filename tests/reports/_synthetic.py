@@ -229,6 +229,19 @@ def make_group(out: Path, rng: np.random.Generator) -> None:
     pd.DataFrame({"effect": ["age"], "corr_before_after": [0.97]}).to_csv(
         harm / "effects.tsv", sep="\t", index=False
     )
+    (harm / "fc").mkdir(exist_ok=True)
+    _json(
+        {
+            "n_subjects": 3,
+            "n_features": 45,
+            "site_prediction": {
+                "before": {"balanced_accuracy": 0.81, "chance": 0.5, "p_value": 0.02},
+                "after": {"balanced_accuracy": 0.47, "chance": 0.5, "p_value": 0.7},
+            },
+            "effects": [{"term": "age", "t_map_correlation": 0.93}],
+        },
+        harm / "fc" / "qc.json",
+    )
     _json(
         {
             "n_subjects": 3,

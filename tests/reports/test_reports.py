@@ -118,6 +118,10 @@ def test_group_report_tables(built):
     row04 = text.split(">sub-04<")[1].split("</tr>")[0]
     assert 'class="fail"' in row04 and "registration QC failed" in row04
     assert "siteB" in text and "Site prediction before / after ComBat" in text
+    # one row per harmonized feature set, read from each set's qc.json
+    assert "Harmonized feature sets" in text
+    fc_row = text.split(">FC edges<")[1].split("</tr>")[0]
+    assert "0.81" in fc_row and "0.47" in fc_row and "0.93" in fc_row
     names = {Path(i["src"]).name for i in page.imgs}
     assert {
         "registration_qc.png",
