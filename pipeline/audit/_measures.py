@@ -72,7 +72,7 @@ def probability_mad(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None
 
 def timeseries_correlation(a: np.ndarray, b: np.ndarray, time_shift: int = 0) -> float:
     """Mean over columns (ROIs) of the Pearson correlation of two ``(T, n_rois)`` tables, after
-    rolling ``b`` back by ``time_shift`` volumes; constant columns are skipped."""
+    rolling ``b`` back by ``time_shift`` volumes; constant columns are skipped (NaN when all are)."""
     b = np.roll(np.asarray(b, float), -time_shift, axis=0) if time_shift else np.asarray(b, float)
     a = np.asarray(a, float)
     _check_same_shape(a, b)
@@ -80,9 +80,15 @@ def timeseries_correlation(a: np.ndarray, b: np.ndarray, time_shift: int = 0) ->
     for i in range(a.shape[1]):
         x, y = a[:, i], b[:, i]
         ok = np.isfinite(x) & np.isfinite(y)
-        if ok.sum() > 2 and np.std(x[ok]) > 0 and np.std(y[ok]) > 0:
+        if ok.sum() > 2 and _varies(x[ok]) and _varies(y[ok]):
             r.append(np.corrcoef(x[ok], y[ok])[0, 1])
     return float(np.mean(r)) if r else float("nan")
+
+
+def _varies(x: np.ndarray, rtol: float = 1e-8) -> bool:
+    """Whether a column varies beyond floating-point noise (denoising that uses up every degree
+    of freedom leaves a constant plus ~1e-13 ripples, whose correlations mean nothing)."""
+    return bool(np.std(x) > rtol * max(float(np.mean(np.abs(x))), 1e-300))
 
 
 def connectivity_rmsd(a: np.ndarray, b: np.ndarray) -> float:
