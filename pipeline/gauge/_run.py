@@ -88,6 +88,18 @@ def _train_mask(participants: pd.DataFrame, options: GaugeOptions) -> np.ndarray
     return col.to_numpy(dtype=bool)
 
 
+def combat_from_options(options: GaugeOptions) -> ComBat:
+    """An unfitted :class:`ComBat` with the ``gauge:`` section's settings."""
+    return ComBat(
+        parametric=options.parametric,
+        eb=options.eb,
+        mean_only=options.mean_only,
+        ref_batch=options.ref_site,
+        block_features=options.block_features,
+        min_new_site_subjects=options.min_new_site_subjects,
+    )
+
+
 def run_harmonization(
     features: pd.DataFrame,
     participants: pd.DataFrame,
@@ -120,14 +132,7 @@ def run_harmonization(
     X = features.to_numpy(dtype=np.float64)
     site = parts["site"].astype(str).to_numpy(dtype=object)
     cov = parts[list(options.covariates)] if options.covariates else None
-    model = ComBat(
-        parametric=options.parametric,
-        eb=options.eb,
-        mean_only=options.mean_only,
-        ref_batch=options.ref_site,
-        block_features=options.block_features,
-        min_new_site_subjects=options.min_new_site_subjects,
-    )
+    model = combat_from_options(options)
 
     def _cov(mask: np.ndarray) -> pd.DataFrame | None:
         return None if cov is None else cov[mask].reset_index(drop=True)

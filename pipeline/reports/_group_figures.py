@@ -104,6 +104,9 @@ def training_curves_figure(
         for name, table in logs.items():
             if col in table and "epoch" in table:
                 ax.plot(table["epoch"], table[col], marker="o", ms=3, label=name)
+        values = [v for t in logs.values() if col in t for v in t[col].dropna()]
+        if col.endswith("loss") and values and min(values) > 0:
+            ax.set_yscale("log")  # classifier and VAE (ELBO) losses differ by orders of magnitude
         ax.set_title(col, fontsize=9)
         ax.set_xlabel("epoch", fontsize=8)
         ax.tick_params(labelsize=7)
