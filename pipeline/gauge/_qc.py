@@ -19,6 +19,7 @@ features, and the mean :math:`|t|`, tell whether the effect survived.
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -140,7 +141,13 @@ def site_prediction(
             scores.append(float(balanced_accuracy_score(labels[test], pred[test].astype(str))))
         return float(balanced_accuracy_score(labels, pred.astype(str))), scores
 
-    with threadpool_limits(1):  # tiny matrices: BLAS threads only add contention
+    # tiny matrices: BLAS threads only add contention. Small folds make sklearn warn that a fold's
+    # predictions hold a site its truth lacks, or that a permuted class has one sample: expected
+    # here (the permutation null includes such folds), and thousands of lines otherwise
+    with threadpool_limits(1), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="y_pred contains classes not in y_true")
+        warnings.filterwarnings("ignore", message="Only one sample available")
+        warnings.filterwarnings("ignore", message="A single label was found")
         score, fold_scores = _score(y)
         null = [_score(rng.permutation(y))[0] for _ in range(n_permutations)]
     p_value = (1 + sum(s >= score for s in null)) / (1 + n_permutations)
