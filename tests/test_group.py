@@ -115,6 +115,7 @@ def test_voxelwise_harmonization_on_a_local_dask_cluster_matches_in_memory_comba
     gap_after = np.abs(harmonized[site_a].mean(0) - harmonized[~site_a].mean(0)).mean()
     assert gap_after < 0.1 * gap_before
     qc = json.loads((hdir / "qc.json").read_text())
+    assert qc["n_voxels"] == int(mask.sum()) and qc["n_voxels_qc"] == 300
     before, after = (qc["site_prediction"][k]["balanced_accuracy"] for k in ("before", "after"))
     assert before > 0.9 and after < before
     assert not list((tmp_path / "work" / "group").rglob("*.npy"))  # scratch matrices removed

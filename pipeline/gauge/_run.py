@@ -172,12 +172,14 @@ def write_quality_control(
     out_dir: Path,
     seed: int,
     paths: dict[str, Any],
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Harmonization QC of ``X`` → ``harmonized``: tables, figures and ``qc.json`` in ``out_dir``.
 
     Site prediction is measured on the training subjects with the harmonizer refitted inside
     each fold (``model``'s settings, never its fitted state); biological t-maps on everyone.
-    ``paths`` (name → path of what the caller wrote) is completed and returned in the summary.
+    ``paths`` (name → path of what the caller wrote) is completed and returned in the summary;
+    ``extra`` entries are added to the summary and ``qc.json``.
     """
     # QC: leakage-free site prediction on the training subjects, biology on everyone
     bio = parts[[c for c in BIOLOGY if c in parts.columns]].reset_index(drop=True)
@@ -225,6 +227,7 @@ def write_quality_control(
         "effects": effects.reset_index().to_dict(orient="records"),
         "options": options.model_dump(),
         "seed": seed,
+        **(extra or {}),
     }
     paths["qc"] = write_json(out_dir / "qc.json", summary)
     summary["paths"] = {k: str(v) for k, v in paths.items()}

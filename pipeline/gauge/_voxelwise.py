@@ -249,11 +249,19 @@ def run_voxelwise_harmonization(
         before = _columns(raw, cols)
         after = _columns(np.load(harm_path, mmap_mode="r"), cols)
         summary = write_quality_control(
-            before, after, parts, train, site, options, model, out_dir, seed, paths
+            before,
+            after,
+            parts,
+            train,
+            site,
+            options,
+            model,
+            out_dir,
+            seed,
+            paths,
+            extra={"n_voxels": int(p), "n_voxels_qc": int(cols.size)},
         )
     finally:
         for path in (raw_path, harm_path):
             path.unlink(missing_ok=True)
-    summary["n_voxels"] = int(p)
-    summary["n_voxels_qc"] = int(cols.size)
     return summary

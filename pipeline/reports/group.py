@@ -170,9 +170,9 @@ def _feature_sets(hdir: Path) -> pd.DataFrame | None:
         effects = [e for e in effects if isinstance(e, int | float) and math.isfinite(e)]
         rows.append(
             {
-                "features": label,
+                "feature set": label,
                 "subjects": qc.get("n_subjects"),
-                "features used": qc.get("n_features"),
+                "features": qc.get("n_voxels", qc.get("n_features")),
                 "site BA before": pred.get("before", {}).get("balanced_accuracy"),
                 "site BA after": pred.get("after", {}).get("balanced_accuracy"),
                 "chance": pred.get("before", {}).get("chance"),
