@@ -169,6 +169,53 @@ def load_checkpoint(path: str | os.PathLike[str], device: str = "cpu") -> dict[s
     return torch.load(Path(path), map_location=device, weights_only=False)
 
 
+def _prepare(
+    model: nn.Module, opts: ModelOptions, out_dir: str | os.PathLike[str]
+) -> tuple[Path, torch.device, torch.optim.Optimizer, torch.amp.GradScaler]:
+    """Output folder, device (model moved there), AdamW and the AMP gradient scaler."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    device = select_device(opts.device)
+    model.to(device)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=opts.learning_rate, weight_decay=opts.weight_decay
+    )
+    use_scaler = device.type == "cuda" and opts.amp and not torch.cuda.is_bf16_supported()
+    return out, device, optimizer, torch.amp.GradScaler("cuda", enabled=use_scaler)
+
+
+def _resume(
+    path: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    device: torch.device,
+    opts: ModelOptions,
+    check_hparams: bool,
+) -> dict[str, Any] | None:
+    """Load the checkpoint at ``path`` into model, optimizer and scaler when resuming.
+
+    A checkpoint of another model (or, with ``check_hparams``, other hyperparameters) is refused
+    with a one-line :class:`ConfigError`. Returns the checkpoint, or None when starting afresh.
+    """
+    if not (opts.resume and path.exists()):
+        return None
+    ckpt = load_checkpoint(path, str(device))
+    name, hparams = getattr(model, "name", None), getattr(model, "hparams", {})
+    if ckpt.get("model_name") != name or (check_hparams and ckpt.get("hparams") != hparams):
+        detail = f" with hyperparameters {ckpt.get('hparams')}" if check_hparams else ""
+        mine = f" with {hparams}" if check_hparams else ""
+        raise ConfigError(
+            f"checkpoint {path} is for model {ckpt.get('model_name')!r}{detail}, not "
+            f"{name!r}{mine}; use another output folder or --no-resume"
+        )
+    model.load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    scaler.load_state_dict(ckpt["scaler"])
+    logger.info("resuming %s from epoch %d", path, ckpt["epoch"] + 1)
+    return ckpt
+
+
 def fit(
     model: nn.Module,
     train_data: Dataset,
@@ -204,17 +251,9 @@ def fit(
     from tqdm.auto import tqdm
 
     opts = options or ModelOptions()
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    device = select_device(opts.device)
     if hasattr(model, "penalty"):
         model.penalty = opts.symmetry_penalty
-    model.to(device)
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=opts.learning_rate, weight_decay=opts.weight_decay
-    )
-    use_scaler = device.type == "cuda" and opts.amp and not torch.cuda.is_bf16_supported()
-    scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
+    out, device, optimizer, scaler = _prepare(model, opts, out_dir)
     if task == "regression":
         ys = torch.stack([train_data[i][1] for i in range(len(train_data))]).float()
         scale = (float(ys.mean()), float(ys.std().clamp(min=1e-6)) if len(ys) > 1 else 1.0)
@@ -223,19 +262,9 @@ def fit(
 
     history: list[dict[str, Any]] = []
     start_epoch = 0
-    ckpt_path = out / CHECKPOINT
-    if opts.resume and ckpt_path.exists():
-        ckpt = load_checkpoint(ckpt_path, str(device))
-        if ckpt.get("model_name") != getattr(model, "name", None):
-            raise ConfigError(
-                f"checkpoint {ckpt_path} is for model {ckpt.get('model_name')!r}, "
-                f"not {getattr(model, 'name', None)!r}; use another output folder"
-            )
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scaler.load_state_dict(ckpt["scaler"])
+    ckpt = _resume(out / CHECKPOINT, model, optimizer, scaler, device, opts, check_hparams=False)
+    if ckpt is not None:
         history, start_epoch, scale = ckpt["history"], ckpt["epoch"] + 1, tuple(ckpt["scale"])
-        logger.info("resuming %s from epoch %d", ckpt_path, start_epoch)
 
     n_steps = math.ceil(len(train_data) / opts.batch_size)
     bar = tqdm(
@@ -282,7 +311,7 @@ def fit(
         history.append(row)
         bar.set_postfix(loss=f"{row['train_loss']:.3f}")
         _save_checkpoint(
-            ckpt_path,
+            out / CHECKPOINT,
             {
                 "model_name": getattr(model, "name", None),
                 "hparams": getattr(model, "hparams", {}),
@@ -359,33 +388,14 @@ def fit_vae(
     from pipeline.models.vae_report import reconstruction_metrics
 
     opts = options or ModelOptions()
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    device = select_device(opts.device)
-    model.to(device)
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=opts.learning_rate, weight_decay=opts.weight_decay
-    )
-    use_scaler = device.type == "cuda" and opts.amp and not torch.cuda.is_bf16_supported()
-    scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
+    out, device, optimizer, scaler = _prepare(model, opts, out_dir)
     name = getattr(model, "name", "vae")
 
     history: list[dict[str, Any]] = []
     start_epoch = 0
-    ckpt_path = out / CHECKPOINT
-    if opts.resume and ckpt_path.exists():
-        ckpt = load_checkpoint(ckpt_path, str(device))
-        if ckpt.get("model_name") != name or ckpt.get("hparams") != getattr(model, "hparams", {}):
-            raise ConfigError(
-                f"checkpoint {ckpt_path} is for model {ckpt.get('model_name')!r} with "
-                f"hyperparameters {ckpt.get('hparams')}, not {name!r} with "
-                f"{getattr(model, 'hparams', {})}; use another output folder or --no-resume"
-            )
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scaler.load_state_dict(ckpt["scaler"])
+    ckpt = _resume(out / CHECKPOINT, model, optimizer, scaler, device, opts, check_hparams=True)
+    if ckpt is not None:
         history, start_epoch = ckpt["history"], ckpt["epoch"] + 1
-        logger.info("resuming %s from epoch %d", ckpt_path, start_epoch)
 
     has_test = test_data is not None and len(test_data) > 0
     n_steps = math.ceil(len(train_data) / opts.batch_size)
@@ -431,7 +441,7 @@ def fit_vae(
         history.append(row)
         bar.set_postfix(loss=f"{row['train_loss']:.4f}")
         _save_checkpoint(
-            ckpt_path,
+            out / CHECKPOINT,
             {
                 "model_name": name,
                 "hparams": getattr(model, "hparams", {}),
