@@ -183,3 +183,29 @@ def test_t1w_voxelwise_is_intensity_normalized_then_harmonized(tmp_path, rng, me
     # the anatomy survives: every harmonized map still correlates with the template
     for row in maps:
         assert np.corrcoef(row, t1w[mask])[0, 1] > 0.9
+
+
+@pytest.mark.parametrize("problem", ["nan", "grid"])
+def test_bad_map_stops_voxelwise_harmonization_with_a_one_line_error(tmp_path, rng, problem):
+    from pipeline.gauge import HarmonizationError
+
+    bids, out, subjects = _fake_dataset(tmp_path, rng, n_per_site=3)
+    bad = derivative_path(out, subjects[1], "anat", space="MNI152NLin2009aSym", res=2, label="GM",
+                          suffix="probseg")
+    img = nib.load(bad)
+    data = img.get_fdata().astype(np.float32)
+    if problem == "nan":
+        data[45, 54, 45] = np.nan
+    else:
+        data = data[:-1]
+    nib.save(nib.Nifti1Image(data, img.affine), bad)
+    config = load_config(None)
+    config.gauge.features = ["gm_voxelwise"]
+    config.dask.scheduler = "threads"
+    config.work_dir = str(tmp_path / "work")
+    message = "1 NaN or Inf voxel" if problem == "nan" else "differs from the mask's"
+    with pytest.raises(HarmonizationError, match=message) as err:
+        run_group(bids, out, subjects, config)
+    text = str(err.value)
+    assert str(bad) in text and "\n" not in text
+    assert not list((tmp_path / "work" / "group").rglob("*.npy"))  # scratch matrices removed

@@ -63,6 +63,9 @@ def _masked_row(
     if img.shape[:3] != shape:
         raise HarmonizationError(f"{path}: grid {img.shape[:3]} differs from the mask's {shape}")
     data = np.asarray(img.dataobj, dtype=np.float32)
+    bad = int(np.count_nonzero(~np.isfinite(data.reshape(-1)[flat_index])))
+    if bad:
+        raise HarmonizationError(f"{path}: {bad} NaN or Inf voxel(s) inside the brain mask")
     if normalize is not None:
         data = normalize(data)
     return data.reshape(-1)[flat_index]
