@@ -185,27 +185,36 @@ def test_t1w_voxelwise_is_intensity_normalized_then_harmonized(tmp_path, rng, me
         assert np.corrcoef(row, t1w[mask])[0, 1] > 0.9
 
 
-@pytest.mark.parametrize("problem", ["nan", "grid"])
-def test_bad_map_stops_voxelwise_harmonization_with_a_one_line_error(tmp_path, rng, problem):
-    from pipeline.gauge import HarmonizationError
-
-    bids, out, subjects = _fake_dataset(tmp_path, rng, n_per_site=3)
+@pytest.mark.parametrize("problem", ["nan", "grid", "garbage"])
+def test_a_bad_map_costs_its_subject_only(tmp_path, rng, problem):
+    """NaN in the mask, another grid, or an unreadable file: that subject is left out of the
+    voxel-wise harmonization with a one-line reason naming the file; the others are harmonized."""
+    bids, out, subjects = _fake_dataset(tmp_path, rng, n_per_site=4)
     bad = derivative_path(out, subjects[1], "anat", space="MNI152NLin2009aSym", res=2, label="GM",
                           suffix="probseg")
     img = nib.load(bad)
     data = img.get_fdata().astype(np.float32)
-    if problem == "nan":
-        data[45, 54, 45] = np.nan
+    if problem == "garbage":
+        bad.write_bytes(b"not a nifti")
     else:
-        data = data[:-1]
-    nib.save(nib.Nifti1Image(data, img.affine), bad)
+        if problem == "nan":
+            data[45, 54, 45] = np.nan
+        else:
+            data = data[:-1]
+        nib.save(nib.Nifti1Image(data, img.affine), bad)
     config = load_config(None)
     config.gauge.features = ["gm_voxelwise"]
+    config.gauge.qc_permutations = 0
     config.dask.scheduler = "threads"
     config.work_dir = str(tmp_path / "work")
-    message = "1 NaN or Inf voxel" if problem == "nan" else "differs from the mask's"
-    with pytest.raises(HarmonizationError, match=message) as err:
-        run_group(bids, out, subjects, config)
-    text = str(err.value)
-    assert str(bad) in text and "\n" not in text
+    assert run_group(bids, out, subjects, config) == 0
+    hdir = out / "group" / "harmonization" / "gm_voxelwise"
+    qc = json.loads((hdir / "qc.json").read_text())
+    (reason,) = qc["left_out"].values()
+    assert list(qc["left_out"]) == [subjects[1]] and str(bad) in reason and "\n" not in reason
+    expected = {"nan": "1 NaN or Inf voxel", "grid": "differs from the mask's", "garbage": "cannot read"}
+    assert expected[problem] in reason
+    written = sorted(p.name.split("_")[0] for p in hdir.glob("sub-*_desc-harmonized_probseg.nii.gz"))
+    assert written == sorted(f"sub-{s}" for s in subjects if s != subjects[1])
+    assert qc["n_subjects"] == len(subjects) - 1
     assert not list((tmp_path / "work" / "group").rglob("*.npy"))  # scratch matrices removed

@@ -71,6 +71,38 @@ def _masked_row(
     return data.reshape(-1)[flat_index]
 
 
+def _row_or_error(
+    path: str,
+    flat_index: np.ndarray,
+    shape: tuple[int, ...],
+    normalize: IntensityNormalizer | None = None,
+) -> np.ndarray | str:
+    """:func:`_masked_row`, or the one-line reason the map cannot be used."""
+    try:
+        return _masked_row(path, flat_index, shape, normalize)
+    except HarmonizationError as exc:
+        return str(exc)
+    except (OSError, ValueError, nib.filebasedimages.ImageFileError) as exc:
+        return f"{path}: cannot read ({type(exc).__name__}: {exc})".splitlines()[0]
+
+
+def _keep_rows(raw: np.ndarray, path: Path, keep: list[int]) -> np.ndarray:
+    """Rewrite the memmap at ``path`` with only the rows ``keep`` (streamed, a few rows at once)."""
+    tmp = path.with_name(path.stem + "_kept.npy")
+    kept = np.lib.format.open_memmap(
+        tmp, mode="w+", dtype=raw.dtype, shape=(len(keep), raw.shape[1])
+    )
+    for start in range(0, len(keep), 32):
+        rows = keep[start : start + 32]
+        kept[start : start + len(rows)] = raw[rows]
+        kept.flush()
+        _release(kept)
+        _release(raw)
+    del raw, kept
+    tmp.replace(path)
+    return np.load(path, mmap_mode="r+")
+
+
 def _write_map(
     matrix_path: str,
     n_rows: int,
@@ -176,10 +208,7 @@ def run_voxelwise_harmonization(
     )
 
     subjects = list(maps)
-    parts = _check_inputs(pd.DataFrame(index=pd.Index(subjects)), participants, options)
-    train = _train_mask(parts, options)
-    site = parts["site"].astype(str).to_numpy(dtype=object)
-    cov = parts[list(options.covariates)].reset_index(drop=True) if options.covariates else None
+    _check_inputs(pd.DataFrame(index=pd.Index(subjects)), participants, options)
     shape = tuple(int(n) for n in mask.shape[:3])
     flat_index = np.flatnonzero(np.asarray(mask.get_fdata()).reshape(-1) > 0.5)
     n, p = len(subjects), flat_index.size
@@ -195,18 +224,37 @@ def run_voxelwise_harmonization(
     try:
         raw = np.lib.format.open_memmap(raw_path, mode="w+", dtype=np.float32, shape=(n, p))
         load = [
-            dask.delayed(_masked_row)(
+            dask.delayed(_row_or_error)(
                 str(maps[s]), shared_index, shape, shared_normalize, dask_key_name=f"load-{i}"
             )
             for i, s in enumerate(subjects)
         ]
+        left_out: dict[str, str] = {}
         for done, (i, row) in enumerate(_gather(client, load, "load maps"), start=1):
-            raw[i] = row
+            if isinstance(row, str):  # a bad map costs its subject, not the others
+                log.warning("sub-%s left out of voxel-wise harmonization: %s", subjects[i], row)
+                left_out[subjects[i]] = row
+            else:
+                raw[i] = row
             if done % 32 == 0:  # keep the written pages out of this process's resident set
                 raw.flush()
                 _release(raw)
         raw.flush()
         _release(raw)
+        if left_out:
+            keep = [i for i, s in enumerate(subjects) if s not in left_out]
+            subjects = [subjects[i] for i in keep]
+            raw = _keep_rows(raw, raw_path, keep)
+            n = len(subjects)
+        parts = _check_inputs(pd.DataFrame(index=pd.Index(subjects)), participants, options)
+        if parts["site"].nunique() < 2:
+            raise HarmonizationError(
+                f"voxel-wise harmonization needs maps from two sites; {len(left_out)} bad map(s) "
+                f"left {n} subject(s) of one site (first: {next(iter(left_out.values()), '')})"
+            )
+        train = _train_mask(parts, options)
+        site = parts["site"].astype(str).to_numpy(dtype=object)
+        cov = parts[list(options.covariates)].reset_index(drop=True) if options.covariates else None
 
         model = combat_from_options(options)
         block = model.block_features or 20_000
@@ -262,7 +310,7 @@ def run_voxelwise_harmonization(
             out_dir,
             seed,
             paths,
-            extra={"n_voxels": int(p), "n_voxels_qc": int(cols.size)},
+            extra={"n_voxels": int(p), "n_voxels_qc": int(cols.size), "left_out": left_out},
         )
     finally:
         for path in (raw_path, harm_path):
