@@ -90,7 +90,10 @@ def _local_cluster(options: DaskOptions) -> Any:
         processes=True,
         memory_limit=options.memory_limit,
         host="127.0.0.1",
-        dashboard_address=":8787" if options.dashboard else None,
+        # the scheduler's HTTP server (health, metrics) starts even without the dashboard: a
+        # random port unless the dashboard is asked for, so two clusters never compete for 8787
+        dashboard_address=":8787" if options.dashboard else "127.0.0.1:0",
+        scheduler_kwargs={"dashboard": options.dashboard},
     )
 
 
@@ -115,7 +118,10 @@ def _slurm_cluster(options: DaskOptions) -> Any:
     }
     if s.interface:
         kwargs["interface"] = s.interface
-    scheduler = {"dashboard_address": ":8787" if options.dashboard else None}
+    scheduler: dict[str, Any] = {
+        "dashboard_address": ":8787" if options.dashboard else ":0",
+        "dashboard": options.dashboard,
+    }
     if s.scheduler_host:
         scheduler["host"] = s.scheduler_host
     kwargs["scheduler_options"] = scheduler
