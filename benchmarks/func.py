@@ -21,7 +21,6 @@ Usage: ``python -m benchmarks.func [--subjects 3] [--volumes 60] [--bold-res 4] 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import tempfile
 import time
@@ -32,53 +31,16 @@ import numpy as np
 import pandas as pd
 
 from benchmarks._results import machine_line, write_section
+from pipeline.data.groundtruth import truth_anat, truth_motion
 
 log = logging.getLogger("benchmarks.func")
-
-
-def truth_anat(bids: Path, subject: str, out_dir: Path) -> dict[str, Path]:
-    """Anatomical outputs from the demo's true pose (rigid; the small warp is ignored)."""
-    from scipy import ndimage
-
-    from pipeline.anat._antsio import write_affine
-    from pipeline.data.templates import load_template
-    from pipeline.io import save_image
-
-    tpl = load_template(2)
-    record = json.loads(
-        (bids / "sourcedata/groundtruth" / subject / f"{subject}_groundtruth.json").read_text()
-    )
-    pose = np.asarray(record["pose"]["template_to_scanner"])
-    t1w = nib.load(bids / subject / "anat" / f"{subject}_T1w.nii.gz")
-    vox = np.linalg.inv(tpl.mask.affine) @ np.linalg.inv(pose) @ t1w.affine
-    mask = ndimage.affine_transform(
-        tpl.mask.get_fdata(), vox[:3, :3], vox[:3, 3], output_shape=t1w.shape, order=1
-    )
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {
-        "t1w_preproc": bids / subject / "anat" / f"{subject}_T1w.nii.gz",
-        "t1w_mask": save_image(
-            nib.Nifti1Image((mask > 0.5).astype(np.uint8), t1w.affine), out_dir / "mask.nii.gz"
-        ),
-        "std_mask": save_image(tpl.mask, out_dir / "std_mask.nii.gz"),
-        "anat2std_xfm": write_affine(pose, out_dir / "template_to_t1w.mat"),
-    }
-    for key in ("gm", "wm", "csf"):
-        paths[f"std_{key}_probseg"] = save_image(getattr(tpl, key), out_dir / f"std_{key}.nii.gz")
-    return paths
 
 
 def motion_error(bids: Path, subject: str, confounds: Path, start: int) -> tuple[float, float]:
     """RMS error (mm, degrees) of the estimated motion against the truth."""
     from pipeline.func.motion import MOTION_COLUMNS, matrix_to_params, params_to_matrix
 
-    truth = pd.read_csv(
-        bids
-        / "sourcedata/groundtruth"
-        / subject
-        / f"{subject}_task-rest_desc-motion_timeseries.tsv",
-        sep="\t",
-    ).to_numpy()[start:]
+    truth = truth_motion(bids, subject)[start:]
     ref = np.linalg.inv(params_to_matrix(truth[0]))
     rel = np.array([matrix_to_params(params_to_matrix(r) @ ref) for r in truth])
     est = pd.read_csv(confounds, sep="\t", na_values="n/a")[list(MOTION_COLUMNS)].to_numpy()

@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 from scipy import ndimage
 
+from pipeline.data.groundtruth import truth_motion
 from pipeline.func.motion import (
     estimate_motion,
     matrix_to_params,
@@ -69,13 +70,7 @@ def test_estimate_motion_gauss_newton_and_ants_on_phantom(phantom):
 
 def relative_truth(bids, subject: str, start: int) -> np.ndarray:
     """Ground-truth motion of volumes ``start:`` relative to volume ``start`` (4×4 maps)."""
-    table = pd.read_csv(
-        bids
-        / "sourcedata/groundtruth"
-        / subject
-        / f"{subject}_task-rest_desc-motion_timeseries.tsv",
-        sep="\t",
-    ).to_numpy()[start:]
+    table = truth_motion(bids, subject)[start:]
     mats = np.array([params_to_matrix(r) for r in table])
     return np.array([m @ np.linalg.inv(mats[0]) for m in mats])
 

@@ -1,0 +1,78 @@
+"""Read the demo dataset's ground truth back: what a perfect anatomical stage would have written,
+and the true head motion.
+
+Used where the functional stage is tested or benchmarked on its own (``tests/func``,
+``benchmarks/func.py``): its anatomical inputs come from the true pose instead of a registration.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+
+
+def _truth_dir(bids_dir: Path, subject: str) -> Path:
+    return Path(bids_dir) / "sourcedata" / "groundtruth" / subject
+
+
+def truth_anat(bids_dir: Path, subject: str, out_dir: Path) -> dict[str, Path]:
+    """Anatomical-stage outputs built from the demo's ground-truth pose (no registration).
+
+    The template→T1w transform is the true rigid pose (the small anatomical warp is ignored);
+    the native brain mask is the template mask pulled through it; template-space maps are the
+    2 mm template's own.
+
+    Parameters
+    ----------
+    bids_dir : Path
+        A dataset written by ``symprep demo-data``.
+    subject : str
+        ``sub-XX``.
+    out_dir : Path
+        Where the files go (created).
+
+    Returns
+    -------
+    dict
+        The anatomical outputs the functional workflow takes (``t1w_preproc``, ``t1w_mask``,
+        ``std_mask``, ``anat2std_xfm``, ``std_{gm,wm,csf}_probseg``).
+    """
+    from scipy import ndimage
+
+    from pipeline.anat._antsio import write_affine
+    from pipeline.data.templates import load_template
+    from pipeline.io import save_image
+
+    tpl = load_template(2)
+    record = json.loads((_truth_dir(bids_dir, subject) / f"{subject}_groundtruth.json").read_text())
+    pose = np.asarray(record["pose"]["template_to_scanner"])
+    t1w_path = Path(bids_dir) / subject / "anat" / f"{subject}_T1w.nii.gz"
+    t1w = nib.load(t1w_path)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    vox = np.linalg.inv(tpl.mask.affine) @ np.linalg.inv(pose) @ t1w.affine
+    mask = ndimage.affine_transform(
+        tpl.mask.get_fdata(), vox[:3, :3], vox[:3, 3], output_shape=t1w.shape, order=1
+    )
+    paths = {
+        "t1w_preproc": t1w_path,
+        "t1w_mask": save_image(
+            nib.Nifti1Image((mask > 0.5).astype(np.uint8), t1w.affine), out_dir / "mask.nii.gz"
+        ),
+        "std_mask": save_image(tpl.mask, out_dir / "std_mask.nii.gz"),
+        "anat2std_xfm": write_affine(pose, out_dir / "template_to_t1w.mat"),
+    }
+    for key in ("gm", "wm", "csf"):
+        paths[f"std_{key}_probseg"] = save_image(getattr(tpl, key), out_dir / f"std_{key}.nii.gz")
+    return paths
+
+
+def truth_motion(bids_dir: Path, subject: str, task: str = "rest") -> np.ndarray:
+    """The true head motion of the subject's run: ``(T, 6)`` parameters as in
+    :data:`pipeline.func.motion.MOTION_COLUMNS` (the demo's ``desc-motion_timeseries.tsv``)."""
+    path = _truth_dir(bids_dir, subject) / f"{subject}_task-{task}_desc-motion_timeseries.tsv"
+    return pd.read_csv(path, sep="\t").to_numpy()
