@@ -200,4 +200,5 @@ def biology_kept(before: pd.DataFrame, after: pd.DataFrame) -> pd.DataFrame:
                 "mean_abs_t_after": float(np.abs(a[ok]).mean()),
             }
         )
-    return pd.DataFrame(rows).set_index("term")
+    columns = ["term", "t_map_correlation", "mean_abs_t_before", "mean_abs_t_after"]
+    return pd.DataFrame(rows, columns=columns).set_index("term")  # no terms: an empty table

@@ -193,26 +193,33 @@ def write_quality_control(
         "max_features": options.qc_max_features,
         "seed": seed,
     }
-    before = site_prediction(X[train], site[train], harmonizer=None, **qc_kw)
-    after = site_prediction(
-        X[train], site[train], harmonizer=model, combat_covariates=options.covariates, **qc_kw
-    )
     t_before, t_after = effect_maps(X, bio), effect_maps(harmonized, bio)
     effects = biology_kept(t_before, t_after)
-    prediction = pd.DataFrame(
-        [
-            {
-                "stage": k,
-                **{m: v[m] for m in ("balanced_accuracy", "chance", "p_value", "n_splits")},
-            }
-            for k, v in (("before", before), ("after", after))
-        ]
-    ).set_index("stage")
-    paths["site_prediction"] = _write_tsv(prediction, out_dir / "site_prediction.tsv")
     paths["effects"] = _write_tsv(effects, out_dir / "effects.tsv")
-    paths["fig_site_prediction"] = _figures.plot_site_prediction(
-        before, after, out_dir / "site_prediction.png"
-    )
+    try:
+        before = site_prediction(X[train], site[train], harmonizer=None, **qc_kw)
+        after = site_prediction(
+            X[train], site[train], harmonizer=model, combat_covariates=options.covariates, **qc_kw
+        )
+    except (ValueError, HarmonizationError) as exc:  # too few subjects per fold
+        log.warning("site-prediction QC skipped: %s", str(exc).splitlines()[0])
+        prediction_qc: dict[str, Any] = {"skipped": str(exc).splitlines()[0]}
+        before = after = None
+    else:
+        prediction_qc = {"before": before, "after": after}
+        prediction = pd.DataFrame(
+            [
+                {
+                    "stage": k,
+                    **{m: v[m] for m in ("balanced_accuracy", "chance", "p_value", "n_splits")},
+                }
+                for k, v in (("before", before), ("after", after))
+            ]
+        ).set_index("stage")
+        paths["site_prediction"] = _write_tsv(prediction, out_dir / "site_prediction.tsv")
+        paths["fig_site_prediction"] = _figures.plot_site_prediction(
+            before, after, out_dir / "site_prediction.png"
+        )
     paths["fig_effect_maps"] = _figures.plot_effect_maps(
         t_before, t_after, out_dir / "effect_maps.png"
     )
@@ -223,7 +230,7 @@ def write_quality_control(
         "n_features": int(X.shape[1]),
         "sites": [str(s) for s in model.sites_],
         "added_sites": [str(s) for s in getattr(model, "added_sites_", [])],
-        "site_prediction": {"before": before, "after": after},
+        "site_prediction": prediction_qc,
         "effects": effects.reset_index().to_dict(orient="records"),
         "options": options.model_dump(),
         "seed": seed,
@@ -231,10 +238,11 @@ def write_quality_control(
     }
     paths["qc"] = write_json(out_dir / "qc.json", summary)
     summary["paths"] = {k: str(v) for k, v in paths.items()}
-    log.info(
-        "site balanced accuracy %.2f → %.2f (chance %.2f)",
-        before["balanced_accuracy"],
-        after["balanced_accuracy"],
-        before["chance"],
-    )
+    if before is not None and after is not None:
+        log.info(
+            "site balanced accuracy %.2f → %.2f (chance %.2f)",
+            before["balanced_accuracy"],
+            after["balanced_accuracy"],
+            before["chance"],
+        )
     return summary

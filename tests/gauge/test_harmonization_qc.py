@@ -98,3 +98,21 @@ def test_run_harmonization_diagnosis_needs_explicit_option(planted, tmp_path):
         run_harmonization(features, participants, options, tmp_path, seed=0)
     with pytest.raises(HarmonizationError, match="not in participants"):
         run_harmonization(features, participants.iloc[1:], options, tmp_path, seed=0)
+
+
+def test_too_few_subjects_for_site_prediction_still_harmonizes(tmp_path, rng):
+    """Two subjects per site: ComBat runs and its outputs are written; the site-prediction QC,
+    which needs more subjects per fold, is skipped with its reason instead of failing the stage."""
+    n = 4
+    X = rng.normal(size=(n, 30)) + np.repeat([0.0, 2.0], 2)[:, None]
+    index = pd.Index([f"{i:02d}" for i in range(n)], name="participant_id")
+    features = pd.DataFrame(X, index=index)
+    participants = pd.DataFrame({"site": ["A", "A", "B", "B"]}, index=index)
+    options = GaugeOptions(covariates=[], qc_permutations=0)
+    result = run_harmonization(features, participants, options, tmp_path, seed=0)
+    assert "skipped" in result["site_prediction"]
+    assert (tmp_path / "desc-harmonized_features.tsv").exists()
+    assert not (tmp_path / "site_prediction.tsv").exists()
+    harmonized = pd.read_csv(tmp_path / "desc-harmonized_features.tsv", sep="\t", index_col=0)
+    gap = np.abs(harmonized.iloc[:2].mean() - harmonized.iloc[2:].mean()).mean()
+    assert gap < 0.5 * np.abs(X[:2].mean(0) - X[2:].mean(0)).mean()
