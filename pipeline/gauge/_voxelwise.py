@@ -105,7 +105,6 @@ def _keep_rows(raw: np.ndarray, path: Path, keep: list[int]) -> np.ndarray:
 
 def _write_map(
     matrix_path: str,
-    n_rows: int,
     row: int,
     flat_index: np.ndarray,
     affine: np.ndarray,
@@ -281,7 +280,6 @@ def run_voxelwise_harmonization(
         write = [
             dask.delayed(_write_map)(
                 str(harm_path),
-                n,
                 i,
                 shared_index,
                 mask.affine,
