@@ -3,7 +3,9 @@
 ::
 
     symprep BIDS_DIR OUTPUT_DIR {participant,group} [--participant-label L ...] [--config FILE]
-            [--work-dir DIR] [--nprocs N] [--mem-gb G] [--seed S] [--skip-bids-validation]
+            [-w DIR] [--nthreads N] [--omp-nthreads N] [--mem MB] [--low-mem]
+            [--bids-filter-file FILE] [--stop-on-first-crash] [--boilerplate-only]
+            [--random-seed S] [--skip-bids-validation] [-v | -vv | -q]
     symprep demo-data OUT [--sites 3] [--subjects-per-site 4] [--seed 0] [--resolution 2]
     symprep fetch-abide OUT --site NYU --n-subjects 5
     symprep config                     # print the documented default configuration
@@ -12,7 +14,8 @@
     symprep reports BIDS_DIR OUTPUT_DIR   # rebuild the HTML reports from existing outputs
 
 User errors (:class:`pipeline.errors.SymprepError`) are printed as one line, without a traceback,
-and the exit status is non-zero; ``--debug`` shows the traceback.
+and the exit status is non-zero; ``--debug`` shows the traceback. No parser accepts abbreviated
+options (``allow_abbrev=False``): ``--mem 8000`` is 8000 MB, never a prefix of another flag.
 """
 
 from __future__ import annotations
@@ -43,9 +46,29 @@ def _common_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--version", action="version", version=f"symprep {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     parser.add_argument(
-        "-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)"
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        help="more log output: -v shows Nipype's node progress, -vv debug messages",
     )
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+
+
+def _positive_int(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {value!r}") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {number}")
+    return number
+
+
+def _memory(value: str) -> float:
+    from pipeline.commands.bids_app import parse_memory_mb
+
+    return parse_memory_mb(value)
 
 
 def build_bids_app_parser() -> argparse.ArgumentParser:
@@ -55,6 +78,7 @@ def build_bids_app_parser() -> argparse.ArgumentParser:
         description="Preprocessing whose steps are invariance steps: atlas registration, gauge "
         "normalization, harmonization, equivariant models, and measured invariance.",
         epilog="Subcommands: " + ", ".join(SUBCOMMANDS) + " (symprep SUBCOMMAND --help).",
+        allow_abbrev=False,
     )
     parser.add_argument("bids_dir", help="input BIDS dataset")
     parser.add_argument("output_dir", help="output BIDS-Derivatives dataset")
@@ -67,15 +91,84 @@ def build_bids_app_parser() -> argparse.ArgumentParser:
         metavar="LABEL",
         help="participants to process ('01' or 'sub-01'); default all",
     )
+    parser.add_argument(
+        "--bids-filter-file",
+        "--bids_filter_file",
+        default=None,
+        metavar="FILE",
+        help="JSON file of pybids filters per input kind, e.g. "
+        '{"t1w": {"session": "1"}, "bold": {"task": "rest", "run": [1, 2]}}',
+    )
     parser.add_argument("--config", default=None, help="YAML configuration (see `symprep config`)")
     parser.add_argument("--work-dir", "-w", default=None, help="Nipype work directory (cache)")
-    parser.add_argument("--nprocs", "--nthreads", type=int, default=None, help="CPU cores to use")
-    parser.add_argument("--mem-gb", type=float, default=None, help="memory limit in GB")
-    parser.add_argument(
-        "--seed", type=int, default=None, help="random seed (same seed, same outputs)"
+    perf = parser.add_argument_group("performance")
+    perf.add_argument(
+        "--nthreads",
+        "--n_cpus",
+        "--n-cpus",
+        "--nprocs",
+        dest="nthreads",
+        type=_positive_int,
+        default=None,
+        help="processes Nipype runs side by side (default: all cores)",
     )
-    parser.add_argument(
+    perf.add_argument(
+        "--omp-nthreads",
+        "--omp_nthreads",
+        dest="omp_nthreads",
+        type=_positive_int,
+        default=None,
+        help="threads per process (OpenMP, BLAS, ITK, torch); default min(nthreads - 1, 8)",
+    )
+    perf.add_argument(
+        "--mem",
+        "--mem_mb",
+        "--mem-mb",
+        dest="mem_mb",
+        type=_memory,
+        default=None,
+        metavar="MEM",
+        help="memory limit of the workflow, in MB, or with a unit (8000, 8000MB, 8GB, 8G)",
+    )
+    perf.add_argument(
+        "--mem-gb",
+        dest="mem_gb",
+        type=float,
+        default=None,
+        help=argparse.SUPPRESS,  # deprecated alias of --mem, in GB
+    )
+    perf.add_argument(
+        "--low-mem",
+        "--low_mem",
+        dest="low_mem",
+        action="store_true",
+        help="reduce memory use where possible, at the cost of disk space in the work directory",
+    )
+    workflow = parser.add_argument_group("workflow")
+    workflow.add_argument(
+        "--random-seed",
+        "--random_seed",
+        "--seed",
+        dest="seed",
+        type=int,
+        default=None,
+        help="random seed (same seed, same outputs)",
+    )
+    workflow.add_argument(
+        "--stop-on-first-crash",
+        action="store_true",
+        help="stop a subject's workflow at its first failing node",
+    )
+    workflow.add_argument(
+        "--boilerplate-only",
+        "--boilerplate_only",
+        dest="boilerplate_only",
+        action="store_true",
+        help="write the methods boilerplate only",
+    )
+    workflow.add_argument(
         "--skip-bids-validation",
+        "--skip_bids_validation",
         action="store_true",
         default=None,
         help="do not validate the input dataset",
@@ -87,10 +180,12 @@ def build_bids_app_parser() -> argparse.ArgumentParser:
 def build_subcommand_parser(name: str) -> tuple[argparse.ArgumentParser, object]:
     """Parser of one subcommand and its module."""
     module = importlib.import_module(SUBCOMMANDS[name])
-    parser = argparse.ArgumentParser(prog="symprep")
+    parser = argparse.ArgumentParser(prog="symprep", allow_abbrev=False)
     subparsers = parser.add_subparsers(dest="command", required=True)
     sub = module.add_parser(subparsers)
     _common_flags(sub)
+    for p in {id(sub): sub, **{id(c): c for c in subparsers.choices.values()}}.values():
+        p.allow_abbrev = False  # argparse reads the attribute when it parses
     return parser, module
 
 
@@ -106,25 +201,46 @@ class _StderrHandler(logging.StreamHandler):
         pass
 
 
+#: -v: our progress and Nipype's node messages
+VERBOSE = 15
+logging.addLevelName(VERBOSE, "VERBOSE")
+
+
 def setup_logging(verbose: int = 0, quiet: bool = False) -> None:
-    """Log to stderr: INFO by default, DEBUG with -vv, WARNING with --quiet."""
-    level = logging.WARNING if quiet else logging.DEBUG if verbose >= 2 else logging.INFO
+    """Log to stderr: INFO by default, Nipype's INFO too with -v, DEBUG with -vv, WARNING with -q.
+
+    Nipype's loggers (``nipype.workflow``, ``nipype.interface`` …) stay at WARNING by default,
+    INFO with -v and DEBUG with -vv; :func:`pipeline.workflows.participant._tame_nipype_logging`
+    reads the level set here.
+    """
+    if quiet:
+        level = logging.WARNING
+    elif verbose >= 2:
+        level = logging.DEBUG
+    elif verbose == 1:
+        level = VERBOSE
+    else:
+        level = logging.INFO
     handler = _StderrHandler()
     handler.setFormatter(
         logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s", datefmt="%H:%M:%S")
     )
     logging.basicConfig(level=level, handlers=[handler], force=True)
-    for noisy in (
-        "nipype.workflow",
-        "nipype.interface",
-        "nipype.utils",
-        "distributed",
-        "bids",
-        "bidsschematools",
-        "matplotlib",
-        "fsspec",
-    ):
-        logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+    nipype_level = (
+        logging.WARNING
+        if level >= logging.INFO
+        else logging.INFO
+        if level > logging.DEBUG
+        else level
+    )
+    for name in ("nipype.workflow", "nipype.interface", "nipype.utils", "nipype.filemanip"):
+        logging.getLogger(name).setLevel(nipype_level)
+    for noisy in ("distributed", "bids", "bidsschematools"):
+        logging.getLogger(noisy).setLevel(
+            logging.INFO if level <= logging.DEBUG else logging.WARNING
+        )
+    for noisy in ("matplotlib", "fsspec"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

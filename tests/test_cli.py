@@ -206,3 +206,235 @@ def test_subject_without_bold_still_gets_anatomical_outputs(tiny_bids, tmp_path)
     ).exists()
     assert not (out / "sub-01" / "func").exists()
     assert (out / "sub-01.html").exists()
+
+
+# --------------------------------------------------------------------------- fMRIPrep-shaped flags
+@pytest.fixture
+def fresh_execution(monkeypatch):
+    """Run-time settings and thread variables restored after the test."""
+    import dataclasses
+
+    from pipeline.workflows import _execute
+
+    for var in (
+        "OMP_NUM_THREADS",
+        "OPENBLAS_NUM_THREADS",
+        "MKL_NUM_THREADS",
+        "NUMEXPR_MAX_THREADS",
+        "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS",
+        "SYMPREP_MEM_MB",
+    ):
+        monkeypatch.setenv(var, "2")
+    yield _execute.EXECUTION
+    _execute.configure_execution(**dataclasses.asdict(_execute.ExecutionSettings()))
+
+
+def _parse(*flags: str):
+    from pipeline.cli import build_bids_app_parser
+
+    return build_bids_app_parser().parse_args(["bids", "out", "participant", *flags])
+
+
+@pytest.mark.parametrize(
+    ("value", "mb"),
+    [("8000", 8000), ("8000MB", 8000), ("8GB", 8000), ("8G", 8000), ("8g", 8000),
+     ("1.5T", 1.5e6), ("512K", 0.512), ("1GiB", 1073.741824)],
+)  # fmt: skip
+def test_mem_is_megabytes_unless_a_unit_says_otherwise(value, mb):
+    args = _parse("--mem", value)
+    assert args.mem_mb == pytest.approx(mb)
+    assert args.mem_gb is None  # --mem no longer prefix-matches --mem-gb
+
+
+@pytest.mark.parametrize("flags", [["--mem", "lots"], ["--mem", "0"], ["--mem", "8X"]])
+def test_bad_memory_is_a_usage_error(flags, capsys):
+    with pytest.raises(SystemExit) as info:
+        _parse(*flags)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --mem" in err and ("invalid memory" in err or "must be positive" in err)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["bids", "out", "participant", "--mem-g", "8"],  # abbreviations of --mem-gb …
+        ["bids", "out", "participant", "--omp", "2"],  # … and --omp-nthreads are not accepted
+        ["bids", "out", "participant", "--stop-on", "x"],
+        ["demo-data", "d", "--site", "2"],  # subcommands too (--sites)
+    ],
+)
+def test_no_abbreviated_options(argv, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    assert "unrecognized arguments" in capsys.readouterr().err
+
+
+def test_thread_and_seed_aliases():
+    for flag in ("--nthreads", "--n_cpus", "--n-cpus", "--nprocs"):
+        assert _parse(flag, "3").nthreads == 3
+    args = _parse("--nthreads", "4", "--omp-nthreads", "2", "--random-seed", "7")
+    assert (args.nthreads, args.omp_nthreads, args.seed) == (4, 2, 7)
+    assert _parse("--seed", "5").seed == 5
+    args = _parse("--low-mem", "--stop-on-first-crash", "--boilerplate-only")
+    assert args.low_mem and args.stop_on_first_crash and args.boilerplate_only
+    with pytest.raises(SystemExit):
+        _parse("--nthreads", "0")
+
+
+def test_flags_reach_the_participant_run(tiny_bids, tmp_path, monkeypatch, fresh_execution):
+    import os
+
+    import pipeline.workflows.participant as participant
+
+    filters = tmp_path / "filters.json"
+    filters.write_text(json.dumps({"bold": {"task": "rest", "run": [1, 2]}, "t1w": {"run": None}}))
+    seen = {}
+
+    def fake_run_participants(layout, subjects, output_dir, work_dir, config, nprocs):
+        seen.update(nprocs=nprocs, config=config, settings=dict(vars(fresh_execution)))
+        seen["omp_env"] = os.environ["OMP_NUM_THREADS"]
+        return []
+
+    monkeypatch.setattr(participant, "run_participants", fake_run_participants)
+    argv = [str(tiny_bids), str(tmp_path / "out"), "participant", "--nthreads", "3"]
+    argv += ["--omp-nthreads", "2", "--mem", "6GB", "--low-mem", "--stop-on-first-crash"]
+    argv += ["--bids-filter-file", str(filters), "--boilerplate-only", "--random-seed", "4"]
+    assert main(argv) == 0
+    assert seen["nprocs"] == 3 and seen["omp_env"] == "2"
+    assert seen["config"].mem_gb == pytest.approx(6.0) and seen["config"].seed == 4
+    settings = seen["settings"]
+    assert settings["memory_gb"] == pytest.approx(6.0) and settings["omp_nthreads"] == 2
+    assert settings["low_mem"] and settings["stop_on_first_crash"] and settings["boilerplate_only"]
+    assert settings["bids_filters"] == {
+        "bold": {"task": "rest", "run": [1, 2]},
+        "t1w": {"run": None},
+    }
+
+
+@pytest.mark.parametrize(
+    ("content", "pattern"),
+    [
+        (None, "BIDS filter file does not exist"),
+        ("{oops", "invalid JSON in the BIDS filter file (line 1)"),
+        ("[1, 2]", "must be a JSON object of input kinds"),
+        ('{"bold": "rest"}', "filters of 'bold' must be a JSON object"),
+        ('{"bold": {"sesion": "1"}}', "unknown BIDS entity 'sesion'"),
+        ('{"bold": {"run": {"a": 1}}}', "filter bold.run must be"),
+    ],
+)
+def test_bad_bids_filter_file_is_one_line(tiny_bids, tmp_path, capsys, fresh_execution, content,
+                                          pattern):  # fmt: skip
+    path = tmp_path / "filters.json"
+    if content is not None:
+        path.write_text(content)
+    code = main([str(tiny_bids), str(tmp_path / "out"), "participant", "--bids-filter-file",
+                 str(path)])  # fmt: skip
+    assert code == 2
+    line = _error_line(capsys)
+    assert str(path) in line and pattern in line
+
+
+def test_nipype_multiproc_is_given_the_memory_limit(tiny_bids, tmp_path, monkeypatch,
+                                                    fresh_execution):  # fmt: skip
+    """``--mem 3000`` reaches Nipype's MultiProc as ``memory_gb=3`` with ``--nthreads`` processes."""
+    from nipype.pipeline import engine as pe
+
+    calls = []
+
+    def fake_run(self, plugin=None, plugin_args=None, updatehash=False):
+        calls.append((self.name, plugin, dict(plugin_args or {}), dict(self.config["execution"])))
+        raise RuntimeError("stopped by the test")
+
+    monkeypatch.setattr(pe.Workflow, "run", fake_run)
+    out = tmp_path / "out"
+    argv = [str(tiny_bids), str(out), "participant", "--participant-label", "01"]
+    assert main([*argv, "--nthreads", "2", "--mem", "3000"]) == 1  # the stopped stage fails
+    name, plugin, args, execution = calls[0]
+    assert plugin == "MultiProc"
+    assert args["n_procs"] == 2 and args["memory_gb"] == pytest.approx(3.0)
+    assert execution["stop_on_first_crash"] == "false"
+    failure = json.loads((out / "logs" / "sub-01_failure.json").read_text())
+    assert "stopped by the test" in failure["error"]
+    # the deprecated --mem-gb still works; --stop-on-first-crash reaches Nipype's configuration
+    calls.clear()
+    assert main([*argv, "--nthreads", "2", "--mem-gb", "1.5", "--stop-on-first-crash"]) == 1
+    assert calls[0][2]["memory_gb"] == pytest.approx(1.5)
+    assert calls[0][3]["stop_on_first_crash"] == "true"
+    # one process: Nipype's Linear plugin (nothing runs side by side)
+    calls.clear()
+    assert main([*argv, "--nthreads", "1", "--mem", "3000"]) == 1
+    assert calls[0][1] == "Linear"
+
+
+def test_run_workflow_reports_the_crashed_node(tmp_path, fresh_execution):
+    from nipype.interfaces.utility import Function
+    from nipype.pipeline import engine as pe
+
+    from pipeline.workflows._execute import run_workflow
+
+    def boom(x):
+        raise ValueError(f"planted failure {x}")
+
+    wf = pe.Workflow(name="wf", base_dir=str(tmp_path / "work"))
+    node = pe.Node(Function(input_names=["x"], output_names=["y"], function=boom), name="boom")
+    node.inputs.x = 3
+    wf.add_nodes([node])
+    with pytest.raises(SymprepError) as info:
+        run_workflow(wf, work_dir=tmp_path / "work", nprocs=1, what="sub-01: test workflow")
+    message = str(info.value)
+    assert message.startswith("sub-01: test workflow failed (node wf.boom: ")
+    assert "ValueError: planted failure 3" in message and "\n" not in message
+
+
+def test_multiproc_runs_under_the_memory_limit(tmp_path, fresh_execution):
+    """A real MultiProc run with ``memory_gb``: Nipype accepts the arguments and runs the nodes."""
+    from nipype.interfaces.utility import Function
+    from nipype.pipeline import engine as pe
+
+    from pipeline.workflows._execute import configure_execution, plugin_settings, run_workflow
+
+    def double(x):
+        return 2 * x
+
+    configure_execution(memory_gb=0.5)
+    assert plugin_settings(2) == (
+        "MultiProc",
+        {"n_procs": 2, "raise_insufficient": False, "memory_gb": 0.5},
+    )
+    wf = pe.Workflow(name="wf", base_dir=str(tmp_path / "work"))
+    nodes = []
+    for i in range(2):
+        node = pe.Node(
+            Function(input_names=["x"], output_names=["y"], function=double),
+            name=f"n{i}",
+            mem_gb=0.2,
+        )
+        node.inputs.x = i + 1
+        nodes.append(node)
+    wf.add_nodes(nodes)
+    run_workflow(wf, work_dir=tmp_path / "work", nprocs=2, what="test")
+    assert len(list((tmp_path / "work" / "wf").glob("n*/result_n*.pklz"))) == 2
+
+
+@pytest.mark.parametrize(("verbose", "level"), [(0, "WARNING"), (1, "INFO"), (2, "DEBUG")])
+def test_verbosity_reaches_nipype(verbose, level):
+    import logging
+
+    import nipype
+
+    from pipeline.cli import setup_logging
+    from pipeline.workflows.participant import _tame_nipype_logging
+
+    try:
+        setup_logging(verbose)
+        _tame_nipype_logging()
+        assert logging.getLevelName(logging.getLogger("nipype.workflow").level) == level
+        assert logging.getLevelName(logging.getLogger("nipype.interface").level) == level
+        assert nipype.config.get("logging", "workflow_level") == level
+        assert logging.getLogger("pipeline").isEnabledFor(logging.INFO)
+        assert logging.getLogger("pipeline").isEnabledFor(logging.DEBUG) == (verbose >= 2)
+    finally:
+        setup_logging(0)
+        _tame_nipype_logging()

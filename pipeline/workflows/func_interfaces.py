@@ -373,7 +373,6 @@ class Confounds(SimpleInterface):
             wm=wm,
             csf=csf,
             n_nonsteady=self.inputs.n_flagged,
-            n_compcor=opts.compcor_components,
             fd_threshold=opts.fd_threshold,
             dvars_threshold=opts.dvars_threshold,
             highpass_period=opts.highpass_period,

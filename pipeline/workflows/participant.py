@@ -47,14 +47,26 @@ def failure_path(output_dir: str | os.PathLike[str], subject: str) -> Path:
 
 
 def _tame_nipype_logging() -> None:
-    """Nipype logs through its own handlers: stop its records reaching ours twice, keep warnings."""
-    import nipype  # noqa: F401  (configures the nipype.* loggers)
+    """Nipype logs through its own handlers: stop its records reaching ours twice, and follow our
+    verbosity: WARNING by default, INFO with ``-v`` (the root logger below INFO), DEBUG with
+    ``-vv``. Nipype's own configuration gets the same levels, so a worker that re-reads it agrees.
+    """
+    import nipype
 
-    verbose = logging.getLogger().level <= logging.DEBUG
+    root = logging.getLogger().getEffectiveLevel()
+    if root >= logging.INFO:
+        level = logging.WARNING
+    elif root > logging.DEBUG:
+        level = logging.INFO
+    else:
+        level = logging.DEBUG
     for name in ("nipype.workflow", "nipype.interface", "nipype.utils", "nipype.filemanip"):
         log = logging.getLogger(name)
         log.propagate = False
-        log.setLevel(logging.INFO if verbose else logging.WARNING)
+        log.setLevel(level)
+    name = logging.getLevelName(level)
+    for option in ("workflow_level", "interface_level", "utils_level"):
+        nipype.config.set("logging", option, name)
 
 
 def _fix_itk_threads(config: Config) -> None:
