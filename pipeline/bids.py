@@ -4,13 +4,22 @@
 ``dataset_description.json``, every file passes the BIDS validator that pybids uses (unless
 validation is skipped), and it has subjects. :func:`select_participants` turns command-line labels
 (``01`` or ``sub-01``) into known, safe labels.
+
+One bad file never costs the dataset. Before pybids indexes the dataset every JSON sidecar is
+parsed: a malformed or unreadable one (or a broken symbolic link) inside a subject's folder is
+left out of the index, and that subject fails when symprep needs the file (:func:`t1w_file`,
+:func:`bold_files` raise a one-line :class:`~pipeline.errors.InputError` naming it); the other
+subjects run. A bad dataset-level sidecar (``task-rest_bold.json`` at the top) applies to everyone
+and stops the run with one line naming it.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
-from collections.abc import Iterable, Sequence
+import re
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -18,12 +27,128 @@ import pandas as pd
 from pipeline import __version__
 from pipeline.bids_names import clean_label
 from pipeline.errors import BIDSError, InputError, ParticipantError
-from pipeline.io import read_json, write_json
+from pipeline.io import check_header, check_writable_dir, read_json, write_json
 
 logger = logging.getLogger(__name__)
 
 #: folders of a BIDS dataset that the validator does not check
 UNVALIDATED_DIRS = ("sourcedata", "derivatives", "code", "stimuli")
+#: what pybids leaves out of its index by default (kept when symprep adds its own ignores)
+_PYBIDS_IGNORE = (re.compile(r"^/(code|models|sourcedata|stimuli)"),)
+#: top-level folders that neither the validator nor pybids' index look into
+_UNINDEXED_DIRS = (*UNVALIDATED_DIRS, "models")
+_NIFTI = (".nii", ".nii.gz")
+
+
+def _dataset_files(root: Path, top: Path | None = None) -> Iterator[Path]:
+    """Every file (and symbolic link) below ``top`` (default ``root``) that pybids would index."""
+    top = root if top is None else top
+    for dirpath, dirnames, filenames in os.walk(top):
+        here = Path(dirpath)
+        dirnames[:] = sorted(
+            d
+            for d in dirnames
+            if not d.startswith(".") and not (here == root and d in _UNINDEXED_DIRS)
+        )
+        yield from (here / name for name in sorted(filenames) if not name.startswith("."))
+
+
+def _broken_link(path: str | os.PathLike[str]) -> str | None:
+    if os.path.islink(path) and not os.path.exists(path):
+        return f"broken symbolic link (its target {os.readlink(path)!r} does not exist)"
+    return None
+
+
+def sidecar_problem(path: str | os.PathLike[str]) -> str | None:
+    """Why a JSON sidecar cannot be used, in one line (``None`` when it can).
+
+    It must be readable, valid JSON, an object, and any ``RepetitionTime`` in it a finite number
+    of seconds above zero.
+    """
+    broken = _broken_link(path)
+    if broken:
+        return broken
+    try:
+        content = read_json(path)
+    except InputError as exc:
+        return exc.message
+    if not isinstance(content, dict):
+        return f"sidecar is not a JSON object (it is a {type(content).__name__})"
+    if "RepetitionTime" in content:
+        tr = content["RepetitionTime"]
+        if (
+            isinstance(tr, bool)
+            or not isinstance(tr, int | float)
+            or not math.isfinite(tr)
+            or tr <= 0
+        ):
+            return f"RepetitionTime must be a positive number of seconds, got {tr!r}"
+    return None
+
+
+def _subject_of(rel: Path) -> str | None:
+    first = rel.parts[0] if rel.parts else ""
+    return first[4:] if first.startswith("sub-") and len(rel.parts) > 1 else None
+
+
+def scan_sidecars(bids_dir: str | os.PathLike[str]) -> dict[str, str]:
+    """Every unusable JSON sidecar or broken symbolic link of a dataset: relative path → reason."""
+    root = Path(bids_dir)
+    problems = {}
+    for path in _dataset_files(root):
+        reason = sidecar_problem(path) if path.name.endswith(".json") else _broken_link(path)
+        if reason:
+            problems[path.relative_to(root).as_posix()] = reason
+    return problems
+
+
+def _entities(name: str) -> tuple[dict[str, str], str]:
+    stem = name.split(".")[0]
+    parts = stem.split("_")
+    return dict(p.split("-", 1) for p in parts[:-1] if "-" in p), parts[-1]
+
+
+def subject_file_problems(
+    bids_dir: str | os.PathLike[str],
+    subject: str,
+    suffix: str,
+    task: str | None = None,
+    images: Iterable[str | os.PathLike[str]] = (),
+) -> list[str]:
+    """One line per unusable file of ``subject`` with ``suffix`` (``T1w``, ``bold``).
+
+    Checked: the subject's JSON sidecars and symbolic links with that suffix (of ``task`` when
+    given; sidecars without a task entity apply to every task) and the headers of ``images``
+    (:func:`pipeline.io.check_header`: declared size against the file, data type, voxel sizes).
+    """
+    root = Path(bids_dir)
+    folder = root / f"sub-{subject}"
+    problems = []
+    if folder.is_dir():
+        for path in _dataset_files(root, folder):
+            ents, suf = _entities(path.name)
+            if suf != suffix or (task and ents.get("task", task) != task):
+                continue
+            if path.name.endswith(".json"):
+                reason = sidecar_problem(path)
+            elif path.name.endswith(_NIFTI):
+                reason = _broken_link(path)
+            else:
+                continue
+            if reason:
+                problems.append(f"{path}: {reason}")
+    for image in images:
+        try:
+            check_header(image)
+        except InputError as exc:
+            problems.append(str(exc))
+    return list(dict.fromkeys(problems))
+
+
+def _raise_first(problems: list[str], subject: str) -> None:
+    if problems:
+        more = f" (and {len(problems) - 1} more unusable file(s) of sub-{subject})"
+        raise InputError(problems[0] + (more if len(problems) > 1 else ""))
 
 
 def invalid_bids_files(bids_dir: str | os.PathLike[str]) -> list[str]:
@@ -64,9 +189,11 @@ def check_bids_dir(bids_dir: str | os.PathLike[str], *, validate: bool = True):
     Raises
     ------
     pipeline.errors.BIDSError
-        The directory is missing, not BIDS, or has no subjects; one line naming the path.
+        The directory is missing, not BIDS, or has no subjects, or a dataset-level sidecar is
+        unusable; one line naming the path. Unusable files inside a subject's folder are left out
+        of the index instead (logged); that subject fails when it needs them.
     """
-    from bids import BIDSLayout
+    from bids import BIDSLayout, BIDSLayoutIndexer
 
     root = Path(bids_dir)
     if not root.exists():
@@ -87,7 +214,27 @@ def check_bids_dir(bids_dir: str | os.PathLike[str], *, validate: bool = True):
                 f"file {bad[0]!r} is not valid BIDS{more}; fix it or pass --skip-bids-validation",
                 root,
             )
-    layout = BIDSLayout(str(root), validate=False)
+    problems = scan_sidecars(root)
+    shared = {rel: why for rel, why in problems.items() if _subject_of(Path(rel)) is None}
+    if shared:
+        rel, why = next(iter(shared.items()))
+        more = f" (and {len(shared) - 1} more dataset-level file(s))" if len(shared) > 1 else ""
+        raise BIDSError(f"{why}; it applies to every subject, fix it{more}", root / rel)
+    by_subject: dict[str, list[str]] = {}
+    for rel, why in problems.items():
+        by_subject.setdefault(_subject_of(Path(rel)) or "", []).append(f"{rel}: {why}")
+    for subject, lines in by_subject.items():
+        logger.warning(
+            "sub-%s: %d unusable file(s) left out of the index (the subject fails if it needs "
+            "them): %s",
+            subject,
+            len(lines),
+            "; ".join(lines),
+        )
+    ignore = list(_PYBIDS_IGNORE) + [re.compile("^/" + re.escape(rel) + "$") for rel in problems]
+    layout = BIDSLayout(
+        str(root), validate=False, indexer=BIDSLayoutIndexer(validate=False, ignore=ignore)
+    )
     if not layout.get_subjects():
         raise BIDSError("dataset has no subjects (no sub-* folders with data)", root)
     return layout
@@ -125,21 +272,34 @@ def find_one(layout, subject: str, **filters) -> Path:
 
 
 def t1w_file(layout, subject: str) -> Path:
-    """The subject's T1w image (the first run when several exist)."""
-    return find_one(layout, subject, suffix="T1w", datatype="anat")
+    """The subject's T1w image (the first run when several exist).
+
+    Its sidecars and header are checked first (:func:`subject_file_problems`): an unusable file
+    raises a one-line :class:`~pipeline.errors.InputError` naming it.
+    """
+    _raise_first(subject_file_problems(layout.root, subject, "T1w"), subject)
+    t1w = find_one(layout, subject, suffix="T1w", datatype="anat")
+    check_header(t1w)
+    return t1w
 
 
 def bold_files(layout, subject: str, task: str | None = "rest") -> list[Path]:
-    """The subject's BOLD runs of ``task`` (all tasks when None)."""
+    """The subject's BOLD runs of ``task`` (all tasks when None).
+
+    Their sidecars and headers are checked first (:func:`subject_file_problems`): an unusable
+    file raises a one-line :class:`~pipeline.errors.InputError` naming it.
+    """
     filters = {"suffix": "bold", "datatype": "func"}
     if task:
         filters["task"] = task
-    return [
+    runs = [
         Path(f)
         for f in layout.get(
             subject=subject, return_type="file", extension=[".nii", ".nii.gz"], **filters
         )
     ]
+    _raise_first(subject_file_problems(layout.root, subject, "bold", task, images=runs), subject)
+    return runs
 
 
 def read_participants(bids_dir: str | os.PathLike[str]) -> pd.DataFrame:
@@ -161,8 +321,7 @@ def init_derivatives(
     config_summary: dict | None = None,
 ) -> Path:
     """Create the output BIDS-Derivatives dataset and its ``dataset_description.json``."""
-    out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = check_writable_dir(output_dir, "output folder")
     description = {
         "Name": "symprep derivatives",
         "BIDSVersion": "1.9.0",

@@ -41,6 +41,10 @@ class BIDSError(InputError):
     """The input directory is not a usable BIDS dataset."""
 
 
+class OutputError(SymprepError):
+    """An output or work folder cannot be created or written."""
+
+
 class ParticipantError(SymprepError):
     """A participant label is unknown or unsafe (for instance contains a path separator)."""
 

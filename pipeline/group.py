@@ -115,7 +115,13 @@ def _harmonize(
     from pipeline import gauge
     from pipeline.group_features import fc_features, gm_features
 
-    if "site" not in participants or participants["site"].nunique() < 2:
+    if "site" not in participants:
+        from pipeline.gauge._run import missing_site_column
+
+        reason = missing_site_column(participants.columns)
+        logger.warning("harmonization skipped: %s", reason)
+        return {"status": "skipped", "reason": reason}
+    if participants["site"].nunique() < 2:
         return {"status": "skipped", "reason": "fewer than two sites"}
     options, hdir = config.gauge, output_dir / "group" / "harmonization"
     result: dict = {"status": "ok"}

@@ -137,3 +137,35 @@ def test_stale_parts_of_a_killed_writer_are_removed_and_nothing_else(tmp_path):
     assert not left.exists() and all(p.exists() for p in keep)
     assert remove_stale_parts(tmp_path, prefix="sub-01_", recursive=False) == []
     assert remove_stale_parts(tmp_path, prefix="sub-02_", recursive=False) == [keep[2]]
+
+
+def test_header_is_checked_against_the_file_before_any_data_is_read(tmp_path, monkeypatch):
+    from pipeline.io import check_header
+
+    path = save_image(_img((20, 20, 20)), tmp_path / "a.nii.gz")
+    raw = gzip.decompress(path.read_bytes())
+    # a gzip whose trailer disagrees (two members) is counted by streaming, and passes
+    path.write_bytes(gzip.compress(raw[:500]) + gzip.compress(raw[500:]))
+    assert check_header(path) == path
+    # a payload one voxel short is refused from the header, naming both sizes
+    path.write_bytes(gzip.compress(raw[:-4]))
+    monkeypatch.setattr(nib, "load", lambda *a, **k: pytest.fail("data read before the check"))
+    with pytest.raises(ImageError, match=r"declares 20×20×20 voxels of float32 \(32\.0 kB\) but"):
+        check_image(path)
+
+
+def test_json_errors_name_the_problem(tmp_path):
+    import os
+
+    from pipeline.errors import InputError
+    from pipeline.io import read_json
+
+    bad = tmp_path / "a.json"
+    bad.write_bytes(b'{"a": "\xff"}')
+    with pytest.raises(InputError, match="not UTF-8"):
+        read_json(bad)
+    os.symlink(tmp_path / "gone.json", tmp_path / "link.json")
+    with pytest.raises(InputError, match="broken symbolic link"):
+        read_json(tmp_path / "link.json")
+    with pytest.raises(InputError, match="is a directory"):
+        read_json(tmp_path)

@@ -40,13 +40,23 @@ def _write_tsv(frame: pd.DataFrame, dest: Path) -> Path:
     return dest
 
 
+def missing_site_column(columns) -> str:
+    """Why harmonization cannot run without a ``site`` column, and how to give it one."""
+    have = ", ".join(repr(str(c)) for c in columns) or "none"
+    return (
+        f"participants.tsv has no 'site' column (its columns: {have}); harmonization needs each "
+        "participant's site or scanner: add a 'site' column, or rename the column that holds it "
+        "(e.g. 'SITE_ID' or 'scanner') to 'site'"
+    )
+
+
 def _check_inputs(
     features: pd.DataFrame, participants: pd.DataFrame, options: GaugeOptions
 ) -> pd.DataFrame:
     if not isinstance(features, pd.DataFrame) or not isinstance(participants, pd.DataFrame):
         raise HarmonizationError("features and participants must be pandas DataFrames")
     if "site" not in participants.columns:
-        raise HarmonizationError("participants has no 'site' column")
+        raise HarmonizationError(missing_site_column(participants.columns))
     missing = [str(p) for p in features.index if p not in participants.index]
     if missing:
         raise HarmonizationError(

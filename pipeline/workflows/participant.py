@@ -19,7 +19,7 @@ from pipeline import __version__
 from pipeline.bids import bold_files, t1w_file
 from pipeline.config import Config
 from pipeline.errors import SymprepError
-from pipeline.io import check_image, remove_stale_parts, write_json
+from pipeline.io import check_image, check_writable_dir, remove_stale_parts, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -99,6 +99,8 @@ def run_participant(
     try:
         t1w = t1w_file(layout, subject)
         check_image(t1w, ndim=3)
+        if config.anat.enabled and config.func.enabled:  # BOLD files checked before any work
+            bold_files(layout, subject, task=config.func.task)
         if config.anat.enabled:
             stage = "anat"
             from pipeline.workflows.anat import run_anat_stage
@@ -195,6 +197,7 @@ def run_participants(
     """Run every subject in turn (a progress bar when there are several)."""
     from tqdm.auto import tqdm
 
+    check_writable_dir(work_dir, "work folder")  # before any subject's work
     results = []
     for subject in tqdm(subjects, desc="participants", unit="subject", disable=len(subjects) < 2):
         results.append(run_participant(layout, subject, output_dir, work_dir, config, nprocs))
