@@ -271,26 +271,31 @@ def find_one(layout, subject: str, **filters) -> Path:
     return Path(files[0])
 
 
-def t1w_file(layout, subject: str) -> Path:
-    """The subject's T1w image (the first run when several exist).
+def t1w_file(layout, subject: str, filters: dict | None = None) -> Path:
+    """The subject's anatomical reference: the T1w of the first session and run.
 
     Its sidecars and header are checked first (:func:`subject_file_problems`): an unusable file
-    raises a one-line :class:`~pipeline.errors.InputError` naming it.
+    raises a one-line :class:`~pipeline.errors.InputError` naming it. ``filters`` are pybids
+    entity filters (the ``t1w`` entry of ``--bids-filter-file``).
     """
     _raise_first(subject_file_problems(layout.root, subject, "T1w"), subject)
-    t1w = find_one(layout, subject, suffix="T1w", datatype="anat")
+    t1w = find_one(layout, subject, suffix="T1w", datatype="anat", **(filters or {}))
     check_header(t1w)
     return t1w
 
 
-def bold_files(layout, subject: str, task: str | None = "rest") -> list[Path]:
-    """The subject's BOLD runs of ``task`` (all tasks when None).
+def bold_files(
+    layout, subject: str, task: str | None = "rest", filters: dict | None = None
+) -> list[Path]:
+    """Every BOLD run of ``task`` (all tasks when None) in every session of the subject, sorted.
 
     Their sidecars and headers are checked first (:func:`subject_file_problems`): an unusable
-    file raises a one-line :class:`~pipeline.errors.InputError` naming it.
+    file raises a one-line :class:`~pipeline.errors.InputError` naming it. ``filters`` are pybids
+    entity filters (the ``bold`` entry of ``--bids-filter-file``).
     """
-    filters = {"suffix": "bold", "datatype": "func"}
-    if task:
+    extra = dict(filters or {})
+    filters = {"suffix": "bold", "datatype": "func", **extra}
+    if task and "task" not in extra:
         filters["task"] = task
     runs = [
         Path(f)
@@ -315,6 +320,24 @@ def read_participants(bids_dir: str | os.PathLike[str]) -> pd.DataFrame:
     return table
 
 
+#: where symprep's code lives (dataset_description.json's GeneratedBy.CodeURL)
+CODE_URL = "https://github.com/symprep/symprep"
+#: what the BIDS validator should not check in the derivatives (fMRIPrep writes the same kind)
+BIDSIGNORE = (
+    "logs/",
+    "group/",
+    "figures/",
+    "*.html",
+    "*_xfm.txt",
+    "*_qc.tsv",
+    "*_qc.json",
+    "*_boldmap.nii.gz",
+    "*_features.tsv",
+    "*_spectrum.tsv",
+    "audit/",
+)
+
+
 def init_derivatives(
     output_dir: str | os.PathLike[str],
     bids_dir: str | os.PathLike[str] | None,
@@ -334,11 +357,24 @@ def init_derivatives(
             }
         ],
     }
+    description["GeneratedBy"][0]["CodeURL"] = CODE_URL
+    container = os.environ.get("SYMPREP_CONTAINER")  # set in the image (containers/Dockerfile)
+    if container:
+        description["GeneratedBy"][0]["Container"] = {"Type": "docker", "Tag": container}
     if bids_dir is not None:
-        description["SourceDatasets"] = [{"URL": Path(bids_dir).resolve().as_uri()}]
+        # BIDS URIs name the source; the absolute location is kept for humans
+        description["DatasetLinks"] = {"raw": Path(bids_dir).resolve().as_uri()}
+        description["SourceDatasets"] = [
+            {"URI": "bids:raw:", "URL": Path(bids_dir).resolve().as_uri()}
+        ]
     if config_summary:
         description["GeneratedBy"][0]["Configuration"] = config_summary
     write_json(out / "dataset_description.json", description)
+    bidsignore = out / ".bidsignore"
+    if not bidsignore.exists():
+        from pipeline.io import write_text
+
+        write_text(bidsignore, "\n".join(BIDSIGNORE) + "\n")
     return out
 
 

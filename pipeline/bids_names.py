@@ -69,6 +69,47 @@ def bids_name(suffix: str, extension: str = ".nii.gz", **entities: str | int | N
     return "_".join([*parts, suffix]) + extension
 
 
+_EXTENSIONS = (
+    ".nii.gz",
+    ".tsv.gz",
+    ".nii",
+    ".tsv",
+    ".json",
+    ".h5",
+    ".txt",
+    ".html",
+    ".png",
+    ".svg",
+)
+
+
+def parse_name(name: str) -> tuple[dict[str, str], str, str]:
+    """Split a BIDS file name into entities, suffix and extension.
+
+    >>> parse_name("sub-01_ses-2_task-rest_run-1_desc-preproc_bold.nii.gz")
+    ({'sub': '01', 'ses': '2', 'task': 'rest', 'run': '1', 'desc': 'preproc'}, 'bold', '.nii.gz')
+
+    Raises
+    ------
+    ValueError
+        The name has no ``_suffix`` or an entity without a value.
+    """
+    ext = next((e for e in _EXTENSIONS if name.endswith(e)), "")
+    if not ext and "." in name:
+        ext = name[name.index(".") :]
+    stem = name[: len(name) - len(ext)] if ext else name
+    *parts, suffix = stem.split("_")
+    if not parts or "-" in suffix:
+        raise ValueError(f"{name!r} is not a BIDS file name (no _suffix)")
+    entities = {}
+    for part in parts:
+        key, sep, value = part.partition("-")
+        if not sep or not value:
+            raise ValueError(f"{name!r}: {part!r} is not a BIDS entity")
+        entities[key] = value
+    return entities, suffix, ext
+
+
 def derivative_path(
     output_dir: str | os.PathLike[str],
     subject: str,

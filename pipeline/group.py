@@ -26,7 +26,7 @@ import pandas as pd
 from pipeline.bids import read_participants
 from pipeline.config import Config
 from pipeline.io import read_json, remove_stale_parts, write_json, write_text
-from pipeline.workflows.participant import failure_path, status_path
+from pipeline.outputs import failure_path, status_path
 
 logger = logging.getLogger(__name__)
 

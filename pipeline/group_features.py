@@ -13,28 +13,37 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.bids_names import derivative_path
+from pipeline.outputs import (
+    ANAT_OUTPUTS,
+    ROI_OUTPUTS,
+    TEMPLATE,
+    find_output,
+    find_outputs,
+    res_label,
+)
 
 logger = logging.getLogger(__name__)
 
 
-def _maps(output_dir: Path, subjects: list[str], **entities: str | int) -> dict[str, Path]:
+def _maps(output_dir: Path, subjects: list[str], key: str, resolution: int) -> dict[str, Path]:
     maps = {}
     for sub in subjects:
-        path = derivative_path(output_dir, sub, "anat", space="MNI152NLin2009aSym", **entities)
-        if path.exists():
+        path = find_output(
+            ANAT_OUTPUTS[key], output_dir, sub, space=TEMPLATE, res=res_label(resolution)
+        )
+        if path is not None:
             maps[sub] = path
     return maps
 
 
 def gm_maps(output_dir: Path, subjects: list[str], resolution: int) -> dict[str, Path]:
     """Participant → template-space GM probability map, for the subjects that have one."""
-    return _maps(output_dir, subjects, res=resolution, label="GM", suffix="probseg")
+    return _maps(output_dir, subjects, "std_gm_probseg", resolution)
 
 
 def t1w_maps(output_dir: Path, subjects: list[str], resolution: int) -> dict[str, Path]:
     """Participant → template-space preprocessed T1w, for the subjects that have one."""
-    return _maps(output_dir, subjects, res=resolution, desc="preproc", suffix="T1w")
+    return _maps(output_dir, subjects, "std_t1w", resolution)
 
 
 def gm_features(
@@ -77,32 +86,40 @@ def fc_features(
 ) -> pd.DataFrame:
     """Functional-connectivity edges: Fisher z of each subject's Pearson matrix, upper triangle.
 
-    Reads ``sub-X_task-T_..._atlas-A_meas-PearsonCorrelation_desc-S_relmat.tsv`` (the first run
-    of the task when several exist). Columns are ``ROI1__ROI2``; subjects without the matrix are
-    left out (logged). Correlations are clipped to ±0.999999 before ``arctanh``.
+    Reads every run's ``…_atlas-A_meas-PearsonCorrelation_desc-S_relmat.tsv`` of the task (all
+    sessions and runs) and averages their Fisher z, the usual way to pool runs of one subject.
+    Columns are ``ROI1__ROI2``; subjects without a matrix are left out (logged). Correlations are
+    clipped to ±0.999999 before ``arctanh``.
     """
     desc = strategy.replace("_", "")
+    filters = {"atlas": atlas, "meas": "PearsonCorrelation", "desc": desc}
+    if task is not None:
+        filters["task"] = task
     rows, names = {}, None
     for sub in subjects:
-        func = Path(output_dir) / f"sub-{sub}" / "func"
-        pattern = f"sub-{sub}_*atlas-{atlas}_meas-PearsonCorrelation_desc-{desc}_relmat.tsv"
-        found = sorted(p for p in func.glob(pattern) if task is None or f"_task-{task}_" in p.name)
+        found = find_outputs(ROI_OUTPUTS["relmat"], output_dir, sub, **filters)
         if not found:
             logger.info(
                 "sub-%s: no %s FC matrix (%s); left out of the FC harmonization", sub, atlas, desc
             )
             continue
-        matrix = pd.read_csv(found[0], sep="\t", index_col=0)
-        iu = np.triu_indices(len(matrix), k=1)
-        values = np.arctanh(np.clip(matrix.to_numpy(dtype=np.float64)[iu], -0.999999, 0.999999))
-        edges = [f"{matrix.index[i]}__{matrix.columns[j]}" for i, j in zip(*iu, strict=True)]
-        if names is None:
-            names = edges
-        elif edges != names:
-            logger.warning(
-                "sub-%s: %s has other ROIs than the first subject; left out", sub, found[0].name
-            )
+        per_run = []
+        for path in found:
+            matrix = pd.read_csv(path, sep="\t", index_col=0)
+            iu = np.triu_indices(len(matrix), k=1)
+            z = np.arctanh(np.clip(matrix.to_numpy(dtype=np.float64)[iu], -0.999999, 0.999999))
+            edges = [f"{matrix.index[i]}__{matrix.columns[j]}" for i, j in zip(*iu, strict=True)]
+            if names is None:
+                names = edges
+            if edges != names:
+                logger.warning(
+                    "sub-%s: %s has other ROIs than the first subject; left out", sub, path.name
+                )
+                continue
+            per_run.append(z)
+        if not per_run:
             continue
+        values = np.mean(per_run, axis=0)
         rows[sub] = values
     if not rows:
         return pd.DataFrame()

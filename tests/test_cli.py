@@ -8,6 +8,8 @@ import subprocess
 import sys
 
 import pytest
+import yaml
+from _anat_options import CHEAP_ANAT
 
 from pipeline import __version__
 from pipeline.cli import main
@@ -177,12 +179,7 @@ def test_subject_without_bold_still_gets_anatomical_outputs(tiny_bids, tmp_path)
     shutil.rmtree(bids / "sub-01" / "func")
     config = tmp_path / "cheap.yaml"
     # the cheapest registration that still passes QC on the tiny data (as the audit test uses)
-    config.write_text(
-        "anat:\n  registration_voxel_mm: 6.0\n  pose_n_rotations: 200\n  pose_fine_mm: 6.0\n"
-        "  pose_n_refine: 1\n  rigid_iterations: [10, 5]\n  affine_iterations: [10, 5]\n"
-        "  affine_shrink_factors: [2, 1]\n  affine_smoothing_sigmas: [1.0, 0.0]\n  syn: false\n"
-        "  n4: false\n"
-    )
+    config.write_text(yaml.safe_dump({"anat": CHEAP_ANAT}))
     out = tmp_path / "out"
     code = main(
         [

@@ -14,7 +14,7 @@ from pipeline.config import load_config
 from pipeline.data.templates import load_template
 from pipeline.group import run_group
 from pipeline.io import write_json, write_text
-from pipeline.workflows.participant import failure_path, status_path
+from pipeline.outputs import failure_path, status_path
 
 
 def _fake_dataset(tmp_path, rng, n_per_site=4, sites=("siteA", "siteB")):
@@ -100,15 +100,17 @@ def test_voxelwise_harmonization_on_a_local_dask_cluster_matches_in_memory_comba
     raw = np.stack(
         [
             nib.load(
-                derivative_path(out, s, "anat", space="MNI152NLin2009aSym", res=2, label="GM",
-                                suffix="probseg")
+                derivative_path(
+                    out, s, "anat", space="MNI152NLin2009aSym", res=2, label="GM", suffix="probseg"
+                )
             ).get_fdata()[mask]
             for s in subjects
         ]
     )
     participants = pd.read_csv(bids / "participants.tsv", sep="\t")
-    reference = ComBat().fit_transform(raw, participants["site"].tolist(),
-                                       participants[["age", "sex"]])
+    reference = ComBat().fit_transform(
+        raw, participants["site"].tolist(), participants[["age", "sex"]]
+    )
     np.testing.assert_allclose(harmonized, reference, atol=1e-4)  # float32 maps
     site_a = participants["site"].eq("siteA").to_numpy()
     gap_before = np.abs(raw[site_a].mean(0) - raw[~site_a].mean(0)).mean()
@@ -127,9 +129,13 @@ def test_fc_edges_are_fisher_z_of_the_upper_triangle(tmp_path):
     rois = ["roi001", "roi002", "roi003"]
     r = np.array([[1.0, 0.5, -0.2], [0.5, 1.0, 0.999999999], [-0.2, 0.999999999, 1.0]])
     for sub in ("01", "02"):
-        path = (tmp_path / f"sub-{sub}" / "func" /
-                f"sub-{sub}_task-rest_space-MNI152NLin2009aSym_atlas-Power2011_"
-                "meas-PearsonCorrelation_desc-filtnoglobal_relmat.tsv")
+        path = (
+            tmp_path
+            / f"sub-{sub}"
+            / "func"
+            / f"sub-{sub}_task-rest_space-MNI152NLin2009aSym_atlas-Power2011_"
+            "meas-PearsonCorrelation_desc-filtnoglobal_relmat.tsv"
+        )
         path.parent.mkdir(parents=True)
         path.write_text(pd.DataFrame(r, index=rois, columns=rois).to_csv(sep="\t"))
     edges = fc_features(tmp_path, ["01", "02", "03"], "Power2011", "filt_noglobal", "rest")
@@ -151,8 +157,9 @@ def test_t1w_voxelwise_is_intensity_normalized_then_harmonized(tmp_path, rng, me
     for sub, site in zip(subjects, participants["site"], strict=True):
         gain, offset = (1.0, 0.0) if site == "siteA" else (2.5, 40.0)
         data = gain * t1w * rng.uniform(0.95, 1.05) + offset + rng.normal(0, 0.05, t1w.shape)
-        path = derivative_path(out, sub, "anat", space="MNI152NLin2009aSym", res=2,
-                               desc="preproc", suffix="T1w")
+        path = derivative_path(
+            out, sub, "anat", space="MNI152NLin2009aSym", res=2, desc="preproc", suffix="T1w"
+        )
         nib.save(nib.Nifti1Image(data.astype(np.float32), template.t1w.affine), path)
     config = load_config(None)
     config.gauge.features = ["t1w_voxelwise"]
@@ -166,14 +173,24 @@ def test_t1w_voxelwise_is_intensity_normalized_then_harmonized(tmp_path, rng, me
     assert summary["stages"]["harmonization"]["t1w_voxelwise"]["status"] == "ok"
     hdir = out / "group" / "harmonization" / "t1w_voxelwise"
     mask = template.mask.get_fdata() > 0.5
-    maps = np.stack([
-        nib.load(hdir / f"sub-{s}_space-MNI152NLin2009aSym_res-2_desc-harmonized_T1w.nii.gz")
-        .get_fdata()[mask] for s in subjects
-    ])
-    raw = np.stack([
-        nib.load(derivative_path(out, s, "anat", space="MNI152NLin2009aSym", res=2, desc="preproc",
-                                 suffix="T1w")).get_fdata()[mask] for s in subjects
-    ])
+    maps = np.stack(
+        [
+            nib.load(
+                hdir / f"sub-{s}_space-MNI152NLin2009aSym_res-2_desc-harmonized_T1w.nii.gz"
+            ).get_fdata()[mask]
+            for s in subjects
+        ]
+    )
+    raw = np.stack(
+        [
+            nib.load(
+                derivative_path(
+                    out, s, "anat", space="MNI152NLin2009aSym", res=2, desc="preproc", suffix="T1w"
+                )
+            ).get_fdata()[mask]
+            for s in subjects
+        ]
+    )
     site_a = participants["site"].eq("siteA").to_numpy()
 
     def site_gap(x):  # per-voxel site-mean difference, in units of the maps' spread
@@ -190,8 +207,9 @@ def test_a_bad_map_costs_its_subject_only(tmp_path, rng, problem):
     """NaN in the mask, another grid, or an unreadable file: that subject is left out of the
     voxel-wise harmonization with a one-line reason naming the file; the others are harmonized."""
     bids, out, subjects = _fake_dataset(tmp_path, rng, n_per_site=4)
-    bad = derivative_path(out, subjects[1], "anat", space="MNI152NLin2009aSym", res=2, label="GM",
-                          suffix="probseg")
+    bad = derivative_path(
+        out, subjects[1], "anat", space="MNI152NLin2009aSym", res=2, label="GM", suffix="probseg"
+    )
     img = nib.load(bad)
     data = img.get_fdata().astype(np.float32)
     if problem == "garbage":
@@ -212,9 +230,15 @@ def test_a_bad_map_costs_its_subject_only(tmp_path, rng, problem):
     qc = json.loads((hdir / "qc.json").read_text())
     (reason,) = qc["left_out"].values()
     assert list(qc["left_out"]) == [subjects[1]] and str(bad) in reason and "\n" not in reason
-    expected = {"nan": "1 NaN or Inf voxel", "grid": "differs from the mask's", "garbage": "cannot read"}
+    expected = {
+        "nan": "1 NaN or Inf voxel",
+        "grid": "differs from the mask's",
+        "garbage": "cannot read",
+    }
     assert expected[problem] in reason
-    written = sorted(p.name.split("_")[0] for p in hdir.glob("sub-*_desc-harmonized_probseg.nii.gz"))
+    written = sorted(
+        p.name.split("_")[0] for p in hdir.glob("sub-*_desc-harmonized_probseg.nii.gz")
+    )
     assert written == sorted(f"sub-{s}" for s in subjects if s != subjects[1])
     assert qc["n_subjects"] == len(subjects) - 1
     assert not list((tmp_path / "work" / "group").rglob("*.npy"))  # scratch matrices removed

@@ -19,20 +19,31 @@ BIN = Path(sys.executable).parent
 
 
 def _snakemake(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
-    return subprocess.run([str(BIN / "snakemake"), "--snakefile", str(ROOT / "Snakefile"), *args],
-                          cwd=cwd, capture_output=True, text=True, timeout=1200)
+    return subprocess.run(
+        [str(BIN / "snakemake"), "--snakefile", str(ROOT / "Snakefile"), *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
 
 
 def _config(tmp_path: Path, bids: Path, extra: str = "") -> Path:
     path = tmp_path / "config.yaml"
-    path.write_text(f"bids_dir: {bids}\noutput_dir: {tmp_path / 'out'}\nwork_dir: {tmp_path / 'work'}\n"
-                    f"seed: 0\nnprocs: 1\n{extra}")
+    path.write_text(
+        f"bids_dir: {bids}\noutput_dir: {tmp_path / 'out'}\nwork_dir: {tmp_path / 'work'}\n"
+        f"seed: 0\nnprocs: 1\n{extra}"
+    )
     return path
 
 
 def test_snakefmt_and_lint(tiny_bids, tmp_path):
-    fmt = subprocess.run([str(BIN / "snakefmt"), "--check", "Snakefile", "workflows"], cwd=ROOT,
-                         capture_output=True, text=True)
+    fmt = subprocess.run(
+        [str(BIN / "snakefmt"), "--check", "Snakefile", "workflows"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert fmt.returncode == 0, fmt.stderr
     lint = _snakemake("--lint", "--configfile", str(_config(tmp_path, tiny_bids)))
     assert lint.returncode == 0, lint.stdout + lint.stderr
@@ -52,12 +63,17 @@ def tiny_run(tmp_path_factory):
     from pipeline.data.demo import DemoSpec, make_demo_dataset
 
     tmp_path = tmp_path_factory.mktemp("tiny_run")
-    bids = make_demo_dataset(tmp_path / "bids", DemoSpec(sites=1, subjects_per_site=2, resolution=4.0,
-                                                         bold_resolution=6.0, n_volumes=12, seed=1),
-                             progress=False)
+    bids = make_demo_dataset(
+        tmp_path / "bids",
+        DemoSpec(
+            sites=1, subjects_per_site=2, resolution=4.0, bold_resolution=6.0, n_volumes=12, seed=1
+        ),
+        progress=False,
+    )
     config = _config(tmp_path, bids)
-    proc = _snakemake("--cores", "2", "--configfile", str(config), "--keep-going",
-                      "--directory", str(tmp_path))
+    proc = _snakemake(
+        "--cores", "2", "--configfile", str(config), "--keep-going", "--directory", str(tmp_path)
+    )
     return tmp_path, bids, config, proc
 
 
@@ -65,7 +81,11 @@ def tiny_run(tmp_path_factory):
 def test_tiny_end_to_end_run(tiny_run):
     tmp_path, bids, config, proc = tiny_run
     out = tmp_path / "out"
-    logs = "\n".join(p.read_text()[-3000:] for p in (out / "logs").glob("*.log")) if out.exists() else ""
+    logs = (
+        "\n".join(p.read_text()[-3000:] for p in (out / "logs").glob("*.log"))
+        if out.exists()
+        else ""
+    )
     assert proc.returncode == 0, proc.stderr[-4000:] + logs
     for sub in ("01", "02"):
         record = json.loads((out / "logs" / f"sub-{sub}_participant.json").read_text())
@@ -100,11 +120,19 @@ def test_sigkill_mid_run_then_rerun_resumes_and_matches_a_clean_run(tiny_run, tm
     clean_dir, bids, _, clean = tiny_run
     assert clean.returncode == 0, clean.stderr[-3000:]
     config, out = _config(tmp_path, bids), tmp_path / "out"
-    args = [str(BIN / "snakemake"), "--snakefile", str(ROOT / "Snakefile"), "--directory", str(tmp_path),
-            "--configfile", str(config)]
+    args = [
+        str(BIN / "snakemake"),
+        "--snakefile",
+        str(ROOT / "Snakefile"),
+        "--directory",
+        str(tmp_path),
+        "--configfile",
+        str(config),
+    ]
     with open(tmp_path / "killed.log", "w") as log:
-        proc = subprocess.Popen([*args, "--cores", "1"], stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            [*args, "--cores", "1"], stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         try:
             status = {s: out / "logs" / f"sub-{s}_participant.json" for s in ("01", "02")}
 
@@ -124,12 +152,18 @@ def test_sigkill_mid_run_then_rerun_resumes_and_matches_a_clean_run(tiny_run, tm
     done_mtime = status[done].stat().st_mtime_ns
     assert not status[killed].exists()
     # the documented recovery: unlock (a killed Snakemake keeps its lock), then run again
-    assert _snakemake("--unlock", "--configfile", str(config), "--directory", str(tmp_path)).returncode == 0
-    rerun = subprocess.run([*args, "--cores", "2", "--rerun-incomplete"], capture_output=True, text=True,
-                           timeout=1200)
+    assert (
+        _snakemake("--unlock", "--configfile", str(config), "--directory", str(tmp_path)).returncode
+        == 0
+    )
+    rerun = subprocess.run(
+        [*args, "--cores", "2", "--rerun-incomplete"], capture_output=True, text=True, timeout=1200
+    )
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     # only the unfinished subject and the group were run again
-    jobs = dict(re.findall(r"^(\w+)\s+(\d+)$", rerun.stderr.split("Job stats:")[1].split("total")[0], re.M))
+    jobs = dict(
+        re.findall(r"^(\w+)\s+(\d+)$", rerun.stderr.split("Job stats:")[1].split("total")[0], re.M)
+    )
     assert jobs.get("participant") == "1" and jobs.get("group") == "1", jobs
     assert status[done].stat().st_mtime_ns == done_mtime
     assert status[killed].exists()

@@ -7,6 +7,7 @@ from pipeline.bids import check_bids_dir, select_participants
 from pipeline.config import validate_config
 from pipeline.errors import SymprepError
 from pipeline.io import write_text
+from pipeline.outputs import STATUS_RECORD, output_dir_of
 
 import yaml
 
@@ -57,7 +58,7 @@ def t1w_input(wildcards):
 
 
 def participant_targets():
-    return expand(f"{OUT}/logs/sub-{{subject}}_participant.json", subject=SUBJECTS)
+    return expand(f"{OUT}/{STATUS_RECORD}", subject=SUBJECTS)
 
 
 def group_targets():

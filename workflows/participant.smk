@@ -5,7 +5,7 @@ rule participant:
     input:
         t1w=t1w_input,
     output:
-        status=f"{OUT}/logs/sub-{{subject}}_participant.json",
+        status=f"{OUT}/{STATUS_RECORD}",
     log:
         f"{OUT}/logs/sub-{{subject}}_participant.log",
     container:
@@ -16,11 +16,12 @@ rule participant:
         runtime=lambda wildcards, attempt: 60 * attempt,
     params:
         bids=BIDS_DIR,
-        out=lambda w, output: str(Path(output[0]).parents[1]),
+        out=lambda w, output: str(output_dir_of(output[0])),
         work=WORK,
         config=str(RUN_CONFIG),
         symprep=SYMPREP,
     shell:
         "{params.symprep} {params.bids} {params.out} participant "
         "--participant-label {wildcards.subject} --config {params.config} "
-        "--work-dir {params.work} --nprocs {threads} --skip-bids-validation > {log} 2>&1"
+        "--work-dir {params.work} --nthreads {threads} --mem {resources.mem_mb} "
+        "--skip-bids-validation > {log} 2>&1"

@@ -18,6 +18,7 @@ from pipeline.audit._measures import (
     timeseries_correlation,
     zscore_rmsd,
 )
+from pipeline.outputs import ANAT_OUTPUTS, FUNC_OUTPUTS, ROI_OUTPUTS, find_outputs
 
 __all__ = ["compare_derivatives", "output_label"]
 
@@ -42,8 +43,13 @@ def _table(path: Path) -> pd.DataFrame:
 
 def _anat_rows(ref: Path, other: Path, subject: str) -> list[dict]:
     rows: list[dict] = []
-    files = sorted(ref.glob(f"sub-{subject}/anat/*space-*.nii.gz"))
-    masks = [f for f in files if f.name.endswith("_desc-brain_mask.nii.gz")]
+    files = sorted(
+        p
+        for spec in ANAT_OUTPUTS.values()
+        if spec.std and spec.extension == ".nii.gz"
+        for p in find_outputs(spec, ref, subject)
+    )
+    masks = find_outputs(ANAT_OUTPUTS["std_mask"], ref, subject)
     ref_mask = _load(masks[0]) if masks else None
     union = ref_mask
     if masks and (other / masks[0].relative_to(ref)).is_file():
@@ -70,7 +76,8 @@ def _anat_rows(ref: Path, other: Path, subject: str) -> list[dict]:
 
 def _func_rows(ref: Path, other: Path, subject: str, time_shift: int) -> list[dict]:
     rows: list[dict] = []
-    for f in sorted(ref.glob(f"sub-{subject}/func/*.tsv")):
+    tables = [FUNC_OUTPUTS["confounds"], ROI_OUTPUTS["timeseries"], ROI_OUTPUTS["relmat"]]
+    for f in sorted(p for spec in tables for p in find_outputs(spec, ref, subject)):
         g = other / f.relative_to(ref)
         if not g.is_file():
             continue

@@ -19,6 +19,21 @@ _MEM = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([kmgt]?)(i?)(b?)\s*$", re.IGNOR
 _SCALE_MB = {"k": 1e-3, "m": 1.0, "g": 1e3, "t": 1e6}
 
 
+def _save_run_config(output_dir: Path, config, level: str) -> Path:
+    """The resolved configuration of this run, ``logs/config-{level}-{time}.yaml`` (every run kept)."""
+    import time
+
+    import yaml
+
+    from pipeline.io import write_text
+
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    path = output_dir / "logs" / f"config-{level}-{stamp}-{os.getpid()}.yaml"
+    text = yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+    logger.info("resolved configuration saved to %s", path)
+    return write_text(path, text)
+
+
 def parse_memory_mb(value: str) -> float:
     """Memory in MB from ``8000``, ``8000MB``, ``8GB``, ``8G``, ``7.5GiB``, ``2T`` …
 
@@ -157,6 +172,11 @@ def run(args: argparse.Namespace) -> int:
     if output_dir.resolve() == bids_dir.resolve():
         raise InputError("OUTPUT_DIR must differ from BIDS_DIR", output_dir)
     work_dir = Path(config.work_dir) if config.work_dir else output_dir.parent / "work"
+    from pipeline.io import check_writable_dir
+
+    # folders first: a run that cannot write its results should not start
+    check_writable_dir(output_dir, "output folder")
+    check_writable_dir(work_dir, "work folder")
     nprocs, omp = resolve_threads(config.nprocs, getattr(args, "omp_nthreads", None))
     memory_gb = config.mem_gb
     itk = bool(getattr(args, "omp_nthreads", None)) or config.anat.ants_threads is None
@@ -172,6 +192,7 @@ def run(args: argparse.Namespace) -> int:
     layout = check_bids_dir(bids_dir, validate=not config.skip_bids_validation)
     subjects = select_participants(layout, config.participant_label)
     init_derivatives(output_dir, bids_dir, {"seed": config.seed})
+    _save_run_config(output_dir, config, args.analysis_level)
     logger.info(
         "%d processes, %d threads each, memory limit %s",
         nprocs,

@@ -27,9 +27,11 @@ class FuncOptions(StrictOptions):
         description="Leading non-steady-state volumes; null: detect them from the global signal.",
     )
     drop_nonsteady: bool = Field(
-        True,
-        description="Remove non-steady-state volumes from every output (false: keep them, "
-        "flagged by non_steady_state_outlier_XX confounds).",
+        False,
+        description="Remove non-steady-state volumes from every output, desc-preproc_bold "
+        "included (default false, as fMRIPrep: desc-preproc keeps every volume, the non-steady "
+        "ones flagged by non_steady_state_outlier_XX confounds and dropped where features are "
+        "derived: desc-scaled BOLD, ROI series, connectivity, spectra, tSNR).",
     )
     hmc_method: Literal["gauss-newton", "ants"] = Field(
         "gauss-newton",
@@ -60,7 +62,13 @@ class FuncOptions(StrictOptions):
     fd_radius_mm: float = Field(
         50.0, gt=0, description="Head radius (mm) converting rotations to displacements in FD."
     )
-    compcor_components: int = Field(5, ge=0, description="aCompCor components (WM+CSF).")
+    compcor_variance: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="CompCor components kept: enough to explain this fraction of the variance "
+        "(fMRIPrep's 50%); the denoising presets take the first five of those kept.",
+    )
     highpass_period: float = Field(
         128.0, gt=0, description="Cut-off period (s) of the cosine_XX drift regressors."
     )

@@ -9,34 +9,41 @@ from typing import Any
 
 import pandas as pd
 
-from pipeline.bids_names import clean_label
+from pipeline.bids_names import clean_label, parse_name
 from pipeline.io import read_json
+from pipeline.outputs import (
+    ANAT_OUTPUTS,
+    FUNC_OUTPUTS,
+    ROI_OUTPUTS,
+    SOURCE_ENTITIES,
+    failure_path,
+    find_output,
+    find_outputs,
+    run_label,
+    status_path,
+)
 
 logger = logging.getLogger(__name__)
 
-#: anatomical outputs: key → file-name ending (``sub-X_`` prefix omitted, any ``res``)
-ANAT_PATTERNS = {
-    "t1w_preproc": "desc-preproc_T1w.nii.gz",
-    "t1w_mask": "desc-brain_mask.nii.gz",
-    "std_t1w": "space-*_desc-preproc_T1w.nii.gz",
-    "std_mask": "space-*_desc-brain_mask.nii.gz",
-    "std_gm_probseg": "space-*_label-GM_probseg.nii.gz",
-    "std_wm_probseg": "space-*_label-WM_probseg.nii.gz",
-    "std_csf_probseg": "space-*_label-CSF_probseg.nii.gz",
-    "anat2std_xfm": "from-T1w_to-*_mode-image_xfm.h5",
-    "qc_tsv": "desc-registration_qc.tsv",
-    "qc_json": "desc-registration_qc.json",
-}
-#: functional outputs (first run found): key → glob after ``sub-X_``
-FUNC_PATTERNS = {
-    "boldref": "*space-*_boldref.nii.gz",
-    "bold_mask": "*space-*_desc-brain_mask.nii.gz",
-    "tsnr": "*_desc-tsnr_boldmap.nii.gz",
-    "confounds": "*_desc-confounds_timeseries.tsv",
-    "carpet": "*_desc-carpet_timeseries.tsv",
-    "qc_json": "*_desc-func_qc.json",
-    "bold_std": "*space-*_desc-preproc_bold.nii.gz",
-}
+#: anatomical outputs the reports show (keys of :data:`pipeline.outputs.ANAT_OUTPUTS`)
+ANAT_KEYS = (
+    "t1w_preproc",
+    "t1w_mask",
+    "t1w_dseg",
+    "t1w_gm_probseg",
+    "t1w_wm_probseg",
+    "t1w_csf_probseg",
+    "std_t1w",
+    "std_mask",
+    "std_gm_probseg",
+    "std_wm_probseg",
+    "std_csf_probseg",
+    "anat2std_xfm",
+    "qc_tsv",
+    "qc_json",
+)
+#: functional outputs the reports show, per run (keys of :data:`pipeline.outputs.FUNC_OUTPUTS`)
+FUNC_KEYS = ("boldref", "bold_mask", "tsnr", "confounds", "carpet", "qc_json", "bold_std")
 
 
 @dataclass
@@ -46,8 +53,9 @@ class SubjectOutputs:
     subject: str
     output_dir: Path
     anat: dict[str, Path] = field(default_factory=dict)
-    func: dict[str, Path] = field(default_factory=dict)
-    relmats: list[Path] = field(default_factory=list)
+    #: run label (``ses-1_task-rest_run-1``) → functional outputs of that run
+    runs: dict[str, dict[str, Path]] = field(default_factory=dict)
+    run_relmats: dict[str, list[Path]] = field(default_factory=dict)
     status: dict[str, Any] | None = None
     failure: dict[str, Any] | None = None
     inputs: list[Path] = field(default_factory=list)
@@ -56,10 +64,20 @@ class SubjectOutputs:
     def label(self) -> str:
         return f"sub-{self.subject}"
 
+    @property
+    def func(self) -> dict[str, Path]:
+        """Functional outputs of the first run (empty when none)."""
+        return next(iter(self.runs.values()), {})
 
-def _first(folder: Path, pattern: str, exclude: tuple[str, ...] = ()) -> Path | None:
-    hits = sorted(p for p in folder.glob(pattern) if not any(x in p.name for x in exclude))
-    return hits[0] if hits else None
+    @property
+    def relmats(self) -> list[Path]:
+        """Connectivity matrices of the first run."""
+        return next(iter(self.run_relmats.values()), [])
+
+
+def _run_of(path: Path) -> str:
+    entities, _, _ = parse_name(path.name)
+    return run_label({k: v for k, v in entities.items() if k in SOURCE_ENTITIES})
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -74,23 +92,23 @@ def collect_subject(output_dir: Path, subject: str, bids_dir: Path | None = None
     """Gather the existing outputs, status records and (with ``bids_dir``) raw inputs of a subject."""
     sub = clean_label(subject)
     out = SubjectOutputs(subject=sub, output_dir=Path(output_dir))
-    anat_dir = out.output_dir / f"sub-{sub}" / "anat"
-    for key, pattern in ANAT_PATTERNS.items():
-        native = not pattern.startswith(("space-", "from-"))
-        hit = _first(anat_dir, f"sub-{sub}_{pattern}", exclude=("space-",) if native else ())
+    for key in ANAT_KEYS:
+        hit = find_output(ANAT_OUTPUTS[key], out.output_dir, sub)
         if hit is not None:
             out.anat[key] = hit
-    func_dir = out.output_dir / f"sub-{sub}" / "func"
-    for key, pattern in FUNC_PATTERNS.items():
-        hit = _first(func_dir, f"sub-{sub}_{pattern}")
-        if hit is not None:
-            out.func[key] = hit
-    out.relmats = sorted(func_dir.glob(f"sub-{sub}_*_relmat.tsv"))
-    logs = out.output_dir / "logs"
-    if (logs / f"sub-{sub}_participant.json").exists():
-        out.status = _read_json(logs / f"sub-{sub}_participant.json")
-    if (logs / f"sub-{sub}_failure.json").exists():
-        out.failure = _read_json(logs / f"sub-{sub}_failure.json")
+    for key in FUNC_KEYS:
+        for hit in find_outputs(FUNC_OUTPUTS[key], out.output_dir, sub):
+            out.runs.setdefault(_run_of(hit), {})[key] = hit
+    for hit in find_outputs(ROI_OUTPUTS["relmat"], out.output_dir, sub):
+        out.run_relmats.setdefault(_run_of(hit), []).append(hit)
+    out.runs = dict(sorted(out.runs.items()))
+    for label in out.run_relmats:
+        out.runs.setdefault(label, {})
+    out.runs = dict(sorted(out.runs.items()))
+    if status_path(out.output_dir, sub).exists():
+        out.status = _read_json(status_path(out.output_dir, sub))
+    if failure_path(out.output_dir, sub).exists():
+        out.failure = _read_json(failure_path(out.output_dir, sub))
     if bids_dir is not None and (Path(bids_dir) / f"sub-{sub}").is_dir():
         out.inputs = sorted(Path(bids_dir, f"sub-{sub}").rglob("*.nii*"))
     return out

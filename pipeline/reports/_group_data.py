@@ -57,14 +57,12 @@ def _gm_row(
 ) -> np.ndarray | None:
     import nibabel as nib
 
-    hits = sorted(
-        (Path(output_dir) / f"sub-{subject}" / "anat").glob(
-            f"sub-{subject}_space-*_label-GM_probseg.nii.gz"
-        )
-    )
-    if not hits:
+    from pipeline.outputs import ANAT_OUTPUTS, find_output
+
+    hit = find_output(ANAT_OUTPUTS["std_gm_probseg"], output_dir, subject)
+    if hit is None:
         return None
-    data = np.asarray(nib.load(hits[0]).dataobj, dtype=np.float32)
+    data = np.asarray(nib.load(hit).dataobj, dtype=np.float32)
     if data.shape != mask.shape:
         return None
     return data[mask][columns]

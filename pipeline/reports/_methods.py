@@ -107,13 +107,23 @@ def anat_methods(m: Methods, meta: dict[str, Any]) -> None:
         "mni2009",
     )
     if p.get("tissue_method") == "atropos":
-        m.add("Grey matter, white matter and CSF were segmented with Atropos", "atropos")
+        m.add(
+            "Grey matter, white matter and CSF were segmented from the subject's bias-corrected "
+            "T1w with Atropos, the template tissue maps serving as spatial priors (prior weight "
+            f"{p.get('prior_weight', '?')}), and the brain mask pulled back from the template was "
+            "refined with that segmentation",
+            "atropos",
+        )
     elif p.get("tissue_method"):
-        m.add("Tissue probability maps were taken from the template priors mapped to the subject")
+        m.add(
+            "Tissue probability maps were taken from the template priors mapped to the subject "
+            "(no segmentation of the subject's own intensities)"
+        )
     m.add(
-        "Registration quality was checked with mutual information, rank correlation, brain-mask "
-        f"Dice (minimum {p.get('qc_min_dice', '?')}) and Jacobian folding "
-        f"(maximum {p.get('qc_max_folding', '?')})"
+        "Registration quality was checked with mutual information and rank correlation with the "
+        "template, the Dice of the subject's own white matter (segmented from its intensities "
+        f"alone) with the template's (minimum {p.get('qc_min_wm_dice', '?')}) and Jacobian "
+        f"folding (maximum {p.get('qc_max_folding', '?')})"
     )
 
 

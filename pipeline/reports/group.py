@@ -39,7 +39,7 @@ SECTIONS = ["participants", "registration-qc", "harmonization", "models", "invar
 _THRESHOLDS = {
     "qc_min_mi": "mi",
     "qc_min_rank_corr": "rank_corr",
-    "qc_min_dice": "dice",
+    "qc_min_wm_dice": "wm_dice",
     "qc_max_folding": "folding",
 }
 _FUNC_QC = ("fd_mean", "pct_outliers", "tsnr_median")

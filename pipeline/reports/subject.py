@@ -63,7 +63,8 @@ def _summary(out: SubjectOutputs, anat_qc: dict[str, Any]) -> dict[str, Any]:
     else:
         pairs.append(("Status", "no status record (participant stage not run or still running)"))
     failed_stage = (out.failure or {}).get("stage")
-    for stage, found in (("anat", out.anat), ("func", out.func)):
+    func_files = {f"{run}:{k}": v for run, files in out.runs.items() for k, v in files.items()}
+    for stage, found in (("anat", out.anat), ("func", func_files)):
         status = "failed" if failed_stage == stage else ("done" if found else "not run")
         stages["rows"].append(
             [
@@ -77,6 +78,7 @@ def _summary(out: SubjectOutputs, anat_qc: dict[str, Any]) -> dict[str, Any]:
             ]
         )
     flags += [f"anat: {f}" for f in anat_qc.get("failures", []) or []]
+    flags += [f"anat: {f}" for f in anat_qc.get("flags", []) or []]
     if anat_qc.get("passed") is False and not anat_qc.get("failures"):
         flags.append("anat: registration QC failed")
     software = {}
@@ -168,11 +170,25 @@ def _flicker(std_t1w: Path, res: int, fig_dir: Path, html_dir: Path, subject: st
     return af.flicker_pair(std_t1w, tpl.t1w, tpl.wm, fig_dir, html_dir, subject)
 
 
-def _func_section(
+def _func_sections(
     out: SubjectOutputs, fig_dir: Path, html_dir: Path
+) -> tuple[list[dict[str, Any]], list[Figure]]:
+    """One functional section per run (every session and run the subject has)."""
+    sections, figures = [], []
+    for label in out.runs:
+        section, figs = _func_section(out, label, fig_dir, html_dir)
+        if section is not None:
+            sections.append({"label": label, **section})
+            figures += figs
+    return sections, figures
+
+
+def _func_section(
+    out: SubjectOutputs, run: str, fig_dir: Path, html_dir: Path
 ) -> tuple[dict[str, Any] | None, list[Figure]]:
-    f, s = out.func, f"sub-{out.subject}"
-    if not f and not out.relmats:
+    f, s = out.runs.get(run, {}), f"sub-{out.subject}_{run}" if run else f"sub-{out.subject}"
+    relmats = out.run_relmats.get(run, [])
+    if not f and not relmats:
         return None, []
     figures: list[Figure | None] = []
     missing = []
@@ -262,13 +278,13 @@ def _func_section(
         )
     else:
         missing.append("tSNR map")
-    for i, rel in enumerate(out.relmats[:3]):
+    for i, rel in enumerate(relmats[:3]):
         figures.append(
             _try(
                 "relmat", ff.relmat_figure, rel, fig_dir / f"{s}_desc-relmat{i}_bold.png", html_dir
             )
         )
-    if not out.relmats:
+    if not relmats:
         missing.append("connectivity matrix")
     qc = None
     if "qc_json" in f:
@@ -329,13 +345,13 @@ def build_subject_report(output_dir: Path, subject: str, bids_dir: Path | None =
         except (OSError, ValueError):
             anat_qc = {}
     anat, anat_figs = _anat_section(out, fig_dir, output_dir, _raw_t1w(out), _flat_metrics(anat_qc))
-    func, func_figs = _func_section(out, fig_dir, output_dir)
+    funcs, func_figs = _func_sections(out, fig_dir, output_dir)
     harm, harm_figs = _harmonization_section(out, output_dir, bids_dir)
     methods = Methods()
     anat_meta = sidecar(out.anat["std_t1w"]) if "std_t1w" in out.anat else {}
     if anat_meta:
         anat_methods(methods, anat_meta)
-    if func is not None and "confounds" in out.func:
+    if funcs and "confounds" in out.func:
         table = read_table(out.func["confounds"])
         func_methods(
             methods,
@@ -359,7 +375,7 @@ def build_subject_report(output_dir: Path, subject: str, bids_dir: Path | None =
         sections=SECTIONS,
         summary=_summary(out, anat_qc),
         anat=anat,
-        func=func,
+        funcs=funcs,
         harmonization=harm,
         invariance=audit_tables(output_dir, out.subject),
         models=model_tables(output_dir, out.subject),

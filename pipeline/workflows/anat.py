@@ -14,14 +14,13 @@ from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
 from pipeline.anat.options import AnatOptions
-from pipeline.bids_names import clean_label, derivative_path
+from pipeline.bids_names import clean_label
 from pipeline.errors import QCError, StageError
-from pipeline.io import check_image, read_json
-from pipeline.workflows._execute import run_workflow
-from pipeline.workflows.interfaces import (
+from pipeline.interfaces.anat import (
     ApplyTransforms,
     BrainMask,
-    DerivativesDataSink,
+    IntensityClasses,
+    ModulateByJacobian,
     N4BiasCorrect,
     RegisterToTemplate,
     RegistrationQC,
@@ -29,17 +28,22 @@ from pipeline.workflows.interfaces import (
     TissueMaps,
     ValidateT1w,
 )
+from pipeline.interfaces.bids import DerivativesDataSink
+from pipeline.io import check_image, read_json
+from pipeline.outputs import ANAT_OUTPUTS, TEMPLATE, anat_source, output_path
+from pipeline.workflows._execute import run_workflow
 
 logger = logging.getLogger(__name__)
 
-TEMPLATE = "MNI152NLin2009aSym"
 _OUTPUT_FIELDS = [
     "t1w_preproc",
     "t1w_mask",
     "t1w_tpms",
+    "t1w_dseg",
     "std_t1w",
     "std_mask",
     "std_tpms",
+    "std_gm_modulated",
     "anat2std_xfm",
     "std2anat_xfm",
     "qc_tsv",
@@ -48,7 +52,27 @@ _OUTPUT_FIELDS = [
     "qc_failures",
     "header_report",
     "registration_report",
+    "segmentation_report",
 ]
+#: declared output key → (outputnode field, index into a list field or None)
+_FIELD_OF = {
+    "t1w_preproc": ("t1w_preproc", None),
+    "t1w_mask": ("t1w_mask", None),
+    "t1w_dseg": ("t1w_dseg", None),
+    "t1w_gm_probseg": ("t1w_tpms", 0),
+    "t1w_wm_probseg": ("t1w_tpms", 1),
+    "t1w_csf_probseg": ("t1w_tpms", 2),
+    "std_t1w": ("std_t1w", None),
+    "std_mask": ("std_mask", None),
+    "std_gm_probseg": ("std_tpms", 0),
+    "std_wm_probseg": ("std_tpms", 1),
+    "std_csf_probseg": ("std_tpms", 2),
+    "std_gm_modulated": ("std_gm_modulated", None),
+    "anat2std_xfm": ("anat2std_xfm", None),
+    "std2anat_xfm": ("std2anat_xfm", None),
+    "qc_tsv": ("qc_tsv", None),
+    "qc_json": ("qc_json", None),
+}
 
 
 def init_anat_wf(
@@ -56,8 +80,10 @@ def init_anat_wf(
 ) -> pe.Workflow:
     """Build (not run) the anatomical processing workflow.
 
-    validate → N4 → pose search over SO(3) + checked rigid/affine/SyN → brain mask and tissues
-    → resampling to the template → registration QC.
+    validate → N4 → pose search over SO(3) + checked rigid/affine/SyN → initial brain mask
+    (template's, pulled back) → Atropos segmentation of the subject with template priors →
+    refined brain mask → resampling to the template → registration QC (measures that a wrong
+    registration lowers, see :mod:`pipeline.anat.qc`).
 
     Parameters
     ----------
@@ -76,10 +102,12 @@ def init_anat_wf(
 
     Outputs
     -------
-    t1w_preproc, t1w_mask, t1w_tpms
-        Bias-corrected RAS T1w, its brain mask, GM/WM/CSF maps (T1w space).
-    std_t1w, std_mask, std_tpms
-        The same in template space (``options.resolution`` mm).
+    t1w_preproc, t1w_mask, t1w_tpms, t1w_dseg
+        Bias-corrected RAS T1w, its brain mask, GM/WM/CSF maps and hard labels (T1w space).
+    std_t1w, std_mask, std_tpms, std_gm_modulated
+        The same in template space (``options.resolution`` mm), and the Jacobian-modulated GM.
+    segmentation_report
+        JSON of the tissue step (method, prior weight, failure, volumes).
     anat2std_xfm, std2anat_xfm
         ITK HDF5 transforms (see :mod:`pipeline.anat.registration`).
     qc_tsv, qc_json, qc_passed, qc_failures
@@ -103,8 +131,16 @@ def init_anat_wf(
         N4BiasCorrect(enabled=options.n4, shrink_factor=options.n4_shrink_factor), name="n4"
     )
     register = pe.Node(RegisterToTemplate(options=reg_opts, seed=seed), name="register")
-    brainmask = pe.Node(BrainMask(), name="brainmask")
-    tissues = pe.Node(TissueMaps(method=options.tissue_method), name="tissues")
+    brainmask = pe.Node(BrainMask(margin_mm=options.mask_margin_mm), name="brainmask")
+    tissues = pe.Node(
+        TissueMaps(method=options.tissue_method, prior_weight=options.prior_weight),
+        name="tissues",
+    )
+    classes = pe.Node(IntensityClasses(), name="classes")
+    std_classes = pe.MapNode(
+        ApplyTransforms(interpolation="linear"), iterfield=["in_file"], name="std_classes"
+    )
+    modulated = pe.Node(ModulateByJacobian(), name="modulated")
     std_t1w = pe.Node(ApplyTransforms(interpolation="linear"), name="std_t1w")
     std_mask = pe.Node(ApplyTransforms(interpolation="linear", threshold=0.5), name="std_mask")
     std_tpms = pe.MapNode(
@@ -128,19 +164,31 @@ def init_anat_wf(
         (n4, std_t1w, [("out_file", "in_file")]),
         (template, std_t1w, [("t1w", "reference")]),
         (register, std_t1w, [("forward_transform", "transform")]),
-        (brainmask, std_mask, [("out_file", "in_file")]),
+        (tissues, std_mask, [("out_mask", "in_file")]),
         (template, std_mask, [("t1w", "reference")]),
         (register, std_mask, [("forward_transform", "transform")]),
         (tissues, std_tpms, [("out_files", "in_file")]),
         (template, std_tpms, [("t1w", "reference")]),
         (register, std_tpms, [("forward_transform", "transform")]),
-        (template, qc, [("t1w", "template"), ("mask", "template_mask")]),
+        (n4, classes, [("out_file", "in_file")]),
+        (tissues, classes, [("out_mask", "mask")]),
+        (classes, std_classes, [("out_files", "in_file")]),
+        (template, std_classes, [("t1w", "reference")]),
+        (register, std_classes, [("forward_transform", "transform")]),
+        (std_tpms, modulated, [(("out_file", _pick, 0), "in_file")]),
+        (register, modulated, [("forward_transform", "forward_transform")]),
+        (template, qc, [("t1w", "template"), ("mask", "template_mask"),
+                        ("wm", "template_wm"), ("gm", "template_gm")]),
         (std_t1w, qc, [("out_file", "warped_t1w")]),
-        (std_mask, qc, [("out_file", "warped_mask")]),
+        (std_classes, qc, [(("out_file", _pick, 0), "warped_wm"),
+                           (("out_file", _pick, 1), "warped_gm")]),
         (register, qc, [("forward_transform", "forward_transform")]),
+        (tissues, qc, [("out_report", "segmentation_report")]),
         (n4, outputnode, [("out_file", "t1w_preproc")]),
-        (brainmask, outputnode, [("out_file", "t1w_mask")]),
-        (tissues, outputnode, [("out_files", "t1w_tpms")]),
+        (tissues, outputnode, [("out_mask", "t1w_mask"), ("out_files", "t1w_tpms"),
+                               ("out_dseg", "t1w_dseg"),
+                               ("out_report", "segmentation_report")]),
+        (modulated, outputnode, [("out_file", "std_gm_modulated")]),
         (std_t1w, outputnode, [("out_file", "std_t1w")]),
         (std_mask, outputnode, [("out_file", "std_mask")]),
         (std_tpms, outputnode, [("out_file", "std_tpms")]),
@@ -178,91 +226,62 @@ def software_versions() -> dict[str, str]:
     }
 
 
-def _outputs(output_dir: Path, subject: str, res: int) -> dict[str, dict]:
-    """Every output of the stage: key → (workflow field, list index or None, BIDS entities)."""
-    std = {"space": TEMPLATE, "res": res}
-    out = {
-        "t1w_preproc": ("t1w_preproc", None, {"desc": "preproc", "suffix": "T1w"}),
-        "t1w_mask": ("t1w_mask", None, {"desc": "brain", "suffix": "mask"}),
-        "std_t1w": ("std_t1w", None, {**std, "desc": "preproc", "suffix": "T1w"}),
-        "std_mask": ("std_mask", None, {**std, "desc": "brain", "suffix": "mask"}),
-        "anat2std_xfm": (
-            "anat2std_xfm",
-            None,
-            {"xfm_from": "T1w", "xfm_to": TEMPLATE, "mode": "image", "suffix": "xfm"},
-        ),
-        "std2anat_xfm": (
-            "std2anat_xfm",
-            None,
-            {"xfm_from": TEMPLATE, "xfm_to": "T1w", "mode": "image", "suffix": "xfm"},
-        ),
-        "qc_tsv": ("qc_tsv", None, {"desc": "registration", "suffix": "qc"}),
-        "qc_json": ("qc_json", None, {"desc": "registration", "suffix": "qc"}),
+def declared_outputs(options: AnatOptions) -> list[str]:
+    """Keys of :data:`pipeline.outputs.ANAT_OUTPUTS` that a run with ``options`` writes."""
+    return [k for k in ANAT_OUTPUTS if k != "std_gm_modulated" or options.write_modulated_gm]
+
+
+def expected_paths(
+    output_dir: Path, source: dict | str, options: AnatOptions | int
+) -> dict[str, Path]:
+    """The derivative paths :func:`run_anat_stage` writes (keys as in its return value).
+
+    ``source`` is the T1w's entities (:func:`pipeline.outputs.anat_source`) or a subject label;
+    ``options`` the stage options (or, for the default outputs, the template resolution).
+    """
+    if isinstance(options, int):
+        options = AnatOptions(resolution=options)
+    if isinstance(source, str):
+        source = {"sub": clean_label(source)}
+    return {
+        key: output_path(ANAT_OUTPUTS[key], output_dir, source, res=options.resolution)
+        for key in declared_outputs(options)
     }
-    for i, label in enumerate(("GM", "WM", "CSF")):
-        out[f"std_{label.lower()}_probseg"] = (
-            "std_tpms",
-            i,
-            {**std, "label": label, "suffix": "probseg"},
-        )
-    return out
-
-
-def expected_paths(output_dir: Path, subject: str, resolution: int) -> dict[str, Path]:
-    """The derivative paths :func:`run_anat_stage` writes (keys as in its return value)."""
-    ext = {"anat2std_xfm": ".h5", "std2anat_xfm": ".h5", "qc_tsv": ".tsv", "qc_json": ".json"}
-    paths = {}
-    for key, (_, _, ents) in _outputs(output_dir, subject, resolution).items():
-        ents = dict(ents)
-        ents["from_"] = ents.pop("xfm_from", None)
-        ents["to"] = ents.pop("xfm_to", None)
-        suffix = ents.pop("suffix")
-        paths[key] = derivative_path(
-            output_dir, subject, "anat", suffix=suffix, extension=ext.get(key, ".nii.gz"), **ents
-        )
-    return paths
 
 
 def init_ds_anat_wf(
-    *, output_dir: Path, subject: str, resolution: int, metadata: dict, name: str = "ds_anat_wf"
+    *,
+    output_dir: Path,
+    source: dict,
+    options: AnatOptions,
+    metadata: dict,
+    name: str = "ds_anat_wf",
 ) -> pe.Workflow:
     """Build the derivative sinks of the anatomical stage (one :class:`DerivativesDataSink` each).
 
     Inputs are the ``outputnode`` fields of :func:`init_anat_wf`; ``metadata`` (software versions,
-    parameters, seed) goes into every JSON sidecar, with per-file descriptions added.
+    parameters, seed) goes into every JSON sidecar, with the declared description added, and the
+    segmentation's method (and any failure) in the tissue maps' sidecars.
     """
     workflow = pe.Workflow(name=name)
-    fields = sorted({field for field, _, _ in _outputs(output_dir, subject, resolution).values()})
+    keys = declared_outputs(options)
+    fields = sorted({_FIELD_OF[k][0] for k in keys} | {"segmentation_report"})
     inputnode = pe.Node(niu.IdentityInterface(fields=fields), name="inputnode")
-    descriptions = {
-        "t1w_preproc": "T1w, header-sanitised, reoriented to RAS and N4 bias-corrected (native space).",
-        "t1w_mask": "Brain mask: template mask pulled back through the inverse transform, refined.",
-        "std_t1w": "Bias-corrected T1w resampled to the template.",
-        "std_mask": "Brain mask resampled to the template (linear, thresholded at 0.5).",
-        "anat2std_xfm": "ANTs composite transform (ITK HDF5) mapping template points to T1w points; "
-        "use with ants.apply_transforms(fixed=template, moving=T1w-space image).",
-        "std2anat_xfm": "ANTs composite transform (ITK HDF5) mapping T1w points to template points; "
-        "use with ants.apply_transforms(fixed=T1w, moving=template-space image).",
-        "qc_tsv": "Registration QC metrics (see pipeline.anat.qc).",
-    }
     connections = []
-    for key, (field, index, entities) in _outputs(output_dir, subject, resolution).items():
-        meta = {
-            **metadata,
-            "Description": descriptions.get(
-                key,
-                f"{entities.get('label')} probability map "
-                "(ants.atropos with template priors) in template space.",
-            ),
-        }
-        if "space" in entities:
-            meta["SpatialReference"] = f"{TEMPLATE} (nilearn, {resolution} mm)"
+    for key in keys:
+        field, index = _FIELD_OF[key]
+        spec = ANAT_OUTPUTS[key]
+        meta = dict(metadata)
+        if spec.std:
+            meta["SpatialReference"] = f"{TEMPLATE} (nilearn, {options.resolution} mm)"
         sink = pe.Node(
             DerivativesDataSink(
                 base_directory=str(output_dir),
-                subject=clean_label(subject),
+                stage="anat",
+                output=key,
+                source=source,
+                res=options.resolution,
                 meta_dict=meta,
-                **entities,
             ),
             name=f"ds_{key}",
             run_without_submitting=True,
@@ -271,6 +290,8 @@ def init_ds_anat_wf(
             connections.append((inputnode, sink, [(field, "in_file")]))
         else:
             connections.append((inputnode, sink, [((field, _pick, index), "in_file")]))
+        if spec.suffix in ("probseg", "dseg", "mask"):
+            connections.append((inputnode, sink, [("segmentation_report", "meta_file")]))
     workflow.connect(connections)
     return workflow
 
@@ -310,8 +331,9 @@ def run_anat_stage(
     Returns
     -------
     dict of Path
-        Output paths keyed ``t1w_preproc``, ``t1w_mask``, ``std_t1w``, ``std_mask``,
-        ``std_{gm,wm,csf}_probseg``, ``anat2std_xfm``, ``std2anat_xfm``, ``qc_tsv``, ``qc_json``.
+        Output paths keyed as :data:`pipeline.outputs.ANAT_OUTPUTS` (``t1w_preproc``,
+        ``t1w_mask``, ``t1w_dseg``, ``t1w_{gm,wm,csf}_probseg``, ``std_t1w``, ``std_mask``,
+        ``std_{gm,wm,csf}_probseg``, ``anat2std_xfm``, ``std2anat_xfm``, ``qc_tsv``, ``qc_json``).
 
     Raises
     ------
@@ -324,6 +346,7 @@ def run_anat_stage(
     """
     sub = clean_label(subject)
     check_image(t1w, ndim=3)  # one-line ImageError before any node runs
+    source = {**anat_source(t1w), "sub": sub}
     output_dir, work_dir = Path(output_dir), Path(work_dir)
     metadata = {
         "Software": software_versions(),
@@ -334,13 +357,13 @@ def run_anat_stage(
     wf = pe.Workflow(name=f"anat_sub_{sub}_wf", base_dir=str(work_dir))
     anat_wf = init_anat_wf(options=options, subject=sub, seed=seed)
     ds_wf = init_ds_anat_wf(
-        output_dir=output_dir, subject=sub, resolution=options.resolution, metadata=metadata
+        output_dir=output_dir, source=source, options=options, metadata=metadata
     )
     anat_wf.inputs.inputnode.t1w = str(Path(t1w).resolve())
-    fields = sorted({f for f, _, _ in _outputs(output_dir, sub, options.resolution).values()})
+    fields = ds_wf.get_node("inputnode").inputs.copyable_trait_names()
     wf.connect([(anat_wf, ds_wf, [(f"outputnode.{f}", f"inputnode.{f}") for f in fields])])
     run_workflow(wf, work_dir=work_dir, nprocs=nprocs, what=f"sub-{sub}: anatomical workflow")
-    paths = expected_paths(output_dir, sub, options.resolution)
+    paths = expected_paths(output_dir, source, options)
     missing = [str(p) for p in paths.values() if not p.exists()]
     if missing:
         raise StageError(f"sub-{sub}: anatomical outputs missing after the run: {missing[0]}")

@@ -18,16 +18,24 @@ from pathlib import Path
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
-from pipeline.bids_names import clean_label, derivative_path
+from pipeline.bids_names import clean_label
 from pipeline.errors import StageError
 from pipeline.func.options import FuncOptions
+from pipeline.interfaces.bids import DerivativesDataSink, DerivativesDataSinkMany
+from pipeline.outputs import (
+    FUNC_OUTPUTS,
+    ROI_OUTPUTS,
+    TEMPLATE,
+    output_path,
+    res_label,
+    run_label,
+    source_entities,
+)
 from pipeline.workflows._execute import run_workflow
 from pipeline.workflows.func_interfaces import (
     BoldQC,
     Confounds,
     Coregister,
-    FuncDataSink,
-    FuncDataSinkMany,
     HeadMotion,
     OneShotResample,
     RoiConnectivity,
@@ -38,7 +46,6 @@ from pipeline.workflows.func_interfaces import (
 
 logger = logging.getLogger(__name__)
 
-TEMPLATE = "MNI152NLin2009aSym"
 _INPUT_FIELDS = [
     "bold",
     "t1w_preproc",
@@ -49,27 +56,9 @@ _INPUT_FIELDS = [
     "std_csf",
     "anat2std_xfm",
 ]
-#: single-file outputs: outputnode field → BIDS entities (``space``/``res`` added when ``std``)
-_SINGLE = {
-    "bold_std": ({"desc": "preproc", "suffix": "bold"}, True),
-    "bold_mask": ({"desc": "brain", "suffix": "mask"}, True),
-    "boldref": ({"suffix": "boldref"}, True),
-    "tsnr": ({"desc": "tsnr", "suffix": "boldmap"}, True),
-    "confounds": ({"desc": "confounds", "suffix": "timeseries"}, False),
-    "carpet": ({"desc": "carpet", "suffix": "timeseries"}, False),
-    "coreg_xfm": (
-        {"from_": "boldref", "to": "T1w", "mode": "image", "desc": "coreg", "suffix": "xfm"},
-        False,
-    ),
-    "qc_tsv": ({"desc": "func", "suffix": "qc"}, False),
-    "qc_json": ({"desc": "func", "suffix": "qc"}, False),
-}
-_OUTPUT_FIELDS = [*_SINGLE, "confounds_json", "bold_meta", "roi_files", "roi_entities"]
-
-
-def res_label(resolution: float) -> str:
-    """BIDS ``res`` label of a voxel size: ``3`` for 3.0 mm, ``2p5`` for 2.5 mm."""
-    return f"{resolution:g}".replace(".", "p")
+#: outputnode fields: one per declared single-file output, then the run's metadata and ROI files
+_OUTPUT_FIELDS = [*FUNC_OUTPUTS, "confounds_json", "bold_meta", "roi_files", "roi_entities"]
+__all__ = ["expected_paths", "init_ds_func_wf", "init_func_wf", "res_label", "run_func_stage"]
 
 
 def init_func_wf(
@@ -100,8 +89,9 @@ def init_func_wf(
 
     Outputs
     -------
-    bold_std, bold_mask, boldref, tsnr
-        Template-space preprocessed (scaled) BOLD, its brain mask, mean, tSNR map.
+    bold_std, bold_scaled, bold_mask, boldref, tsnr
+        Template-space preprocessed BOLD (unscaled, every volume), the same with the temporal
+        gauge applied and the non-steady-state volumes removed, brain mask, mean, tSNR map.
     confounds, confounds_json, carpet, coreg_xfm, qc_tsv, qc_json, bold_meta
         Confounds table and description, carpet data, BOLD→T1w transform, QC, run metadata.
     roi_files, roi_entities
@@ -129,6 +119,7 @@ def init_func_wf(
     resample = pe.Node(OneShotResample(resolution=options.output_resolution), name="resample")
     confounds = pe.Node(Confounds(options=opts), name="confounds")
     gauge = pe.Node(TemporalGauge(method=options.scaling), name="gauge")
+    # desc-preproc keeps every volume (flagged in the confounds); features drop the flagged ones
     rois = pe.Node(RoiConnectivity(options=opts), name="rois")
     qc = pe.Node(BoldQC(subject=clean_label(subject)), name="qc")
 
@@ -136,7 +127,7 @@ def init_func_wf(
     workflow.connect([
         (inputnode, validate, [("bold", "in_file")]),
         (validate, hmc, [("out_file", "in_file"), ("n_flagged", "n_flagged")]),
-        (validate, stc, [("out_file", "in_file"), ("out_meta", "meta")]),
+        (validate, stc, [("out_file", "in_file"), ("out_meta", "meta"), ("n_flagged", "n_skip")]),
         (hmc, coreg, [("reference", "bold_ref")]),
         (inputnode, coreg, [("t1w_preproc", "t1w"), ("t1w_mask", "t1w_mask")]),
         (stc, resample, [("out_file", "in_file")]),
@@ -148,16 +139,19 @@ def init_func_wf(
         (hmc, confounds, [("params", "params")]),
         (validate, confounds, [("n_flagged", "n_flagged")]),
         (resample, gauge, [("out_file", "in_file"), ("out_mask", "mask")]),
+        (validate, gauge, [("n_flagged", "n_drop")]),
         (gauge, rois, [("out_file", "in_file")]),
+        (validate, rois, [("n_flagged", "n_drop")]),
         (resample, rois, [("out_mask", "mask")]),
         (confounds, rois, [("out_tsv", "confounds")]),
         (resample, qc, [("out_file", "in_file"), ("out_mask", "mask")]),
         (confounds, qc, [("out_tsv", "confounds")]),
         (inputnode, qc, [("std_gm", "gm"), ("std_wm", "wm"), ("std_csf", "csf")]),
         (coreg, qc, [("out_report", "coreg_report")]),
-        (validate, qc, [("out_meta", "meta")]),
+        (validate, qc, [("out_meta", "meta"), ("n_flagged", "n_drop")]),
         (stc, qc, [("applied", "stc_applied")]),
-        (gauge, outputnode, [("out_file", "bold_std")]),
+        (resample, outputnode, [("out_file", "bold_std")]),
+        (gauge, outputnode, [("out_file", "bold_scaled")]),
         (resample, outputnode, [("out_mask", "bold_mask"), ("out_ref", "boldref")]),
         (qc, outputnode, [("tsnr", "tsnr"), ("carpet", "carpet"),
                           ("out_tsv", "qc_tsv"), ("out_json", "qc_json")]),
@@ -170,52 +164,33 @@ def init_func_wf(
     return workflow
 
 
-def _entities(key: str, task: str, resolution: float) -> dict:
-    ents, std = _SINGLE[key]
-    out = {"task": task, **ents}
-    if std:
-        out = {"task": task, "space": TEMPLATE, "res": res_label(resolution), **ents}
-    return out
-
-
-_DESCRIPTIONS = {
-    "bold_std": "BOLD after non-steady-state removal, head-motion and slice-timing correction, "
-    "resampled once to the template (motion, coregistration and T1w->template composed), "
-    "temporal gauge applied (see Parameters.scaling).",
-    "bold_mask": "BOLD brain mask: template brain mask within the BOLD field of view and signal.",
-    "boldref": "Temporal mean of the template-space BOLD (before the temporal gauge).",
-    "tsnr": "Temporal SNR (mean / standard deviation over time) of the preprocessed BOLD.",
-    "confounds": "Nuisance regressors, fMRIPrep column names (see pipeline.func.confounds).",
-    "carpet": "Carpet-plot data: rows are volumes, columns sampled brain voxels "
-    "({tissue}_{index}, z-scored over time), grouped by tissue.",
-    "coreg_xfm": "ITK affine, T1w points -> BOLD-reference points (ANTs convention: resamples "
-    "BOLD-reference images onto the T1w grid).",
-    "qc_tsv": "Functional QC: motion, outliers, tSNR, coregistration metrics.",
-}
-
-
 def init_ds_func_wf(
     *,
     output_dir: Path,
-    subject: str,
+    source: dict,
     options: FuncOptions,
     metadata: dict,
     name: str = "ds_func_wf",
 ) -> pe.Workflow:
-    """Derivative sinks of the functional stage (one :class:`FuncDataSink` per output, one
-    :class:`FuncDataSinkMany` for the atlas × strategy outputs). Inputs are :func:`init_func_wf`'s outputs."""
+    """Derivative sinks of the functional stage: one :class:`DerivativesDataSink` per declared
+    output (:data:`pipeline.outputs.FUNC_OUTPUTS`), one :class:`DerivativesDataSinkMany` for the
+    atlas × strategy outputs. Names carry every entity of ``source`` (the BOLD run's)."""
     workflow = pe.Workflow(name=name)
     inputnode = pe.Node(niu.IdentityInterface(fields=_OUTPUT_FIELDS), name="inputnode")
-    sub = clean_label(subject)
+    res = res_label(options.output_resolution)
     connections = []
-    for key in _SINGLE:
-        meta = {**metadata, "Description": _DESCRIPTIONS.get(key, _DESCRIPTIONS["qc_tsv"])}
-        ents = _entities(key, options.task, options.output_resolution)
-        if "space" in ents:
+    for key, spec in FUNC_OUTPUTS.items():
+        meta = dict(metadata)
+        if spec.std:
             meta["SpatialReference"] = f"{TEMPLATE} (nilearn), {options.output_resolution:g} mm"
         sink = pe.Node(
-            FuncDataSink(
-                base_directory=str(output_dir), subject=sub, entities=ents, meta_dict=meta
+            DerivativesDataSink(
+                base_directory=str(output_dir),
+                stage="func",
+                output=key,
+                source=source,
+                res=res,
+                meta_dict=meta,
             ),
             name=f"ds_{key}",
             run_without_submitting=True,
@@ -223,101 +198,63 @@ def init_ds_func_wf(
         connections.append((inputnode, sink, [(key, "in_file")]))
         if key == "confounds":
             connections.append((inputnode, sink, [("confounds_json", "meta_file")]))
-        if key == "bold_std":
+        if key in ("bold_std", "bold_scaled"):
             connections.append((inputnode, sink, [("bold_meta", "meta_file")]))
     ds_rois = pe.Node(
-        FuncDataSinkMany(
+        DerivativesDataSinkMany(
             base_directory=str(output_dir),
-            subject=sub,
+            stage="func",
+            source=source,
             meta_dict={**metadata, "Description": "ROI-level output (see the BIDS entities)"},
         ),
         name="ds_rois",
         run_without_submitting=True,
     )
     connections.append(
-        (
-            inputnode,
-            ds_rois,
-            [("roi_files", "in_files"), (("roi_entities", _with_task, options.task), "entities")],
-        )
+        (inputnode, ds_rois, [("roi_files", "in_files"), ("roi_entities", "outputs")])
     )
     workflow.connect(connections)
     return workflow
 
 
-def _with_task(entities, task):
-    # runs from its source inside Nipype: no module globals
-    return [{"task": task, "space": "MNI152NLin2009aSym", **e} for e in entities]
-
-
-def expected_paths(output_dir: Path, subject: str, options: FuncOptions) -> dict[str, Path]:
-    """The derivative paths :func:`run_func_stage` writes, keyed as in its return value."""
+def roi_outputs(options: FuncOptions) -> dict[str, tuple[str, dict]]:
+    """The atlas × strategy × measure outputs a run with ``options`` writes:
+    key → (declared ROI output, its variable entities)."""
     from pipeline.func.atlases import COORDINATE_ATLASES
     from pipeline.func.connectivity import MEASURES
 
-    ext = {
-        "confounds": ".tsv",
-        "carpet": ".tsv",
-        "coreg_xfm": ".txt",
-        "qc_tsv": ".tsv",
-        "qc_json": ".json",
-    }
-    paths = {}
-    for key in _SINGLE:
-        ents = dict(_entities(key, options.task, options.output_resolution))
-        suffix = ents.pop("suffix")
-        paths[key] = derivative_path(
-            output_dir, subject, "func", suffix=suffix, extension=ext.get(key, ".nii.gz"), **ents
-        )
     labels = [COORDINATE_ATLASES[a][0] for a in options.atlases]
     labels += list(options.coordinate_atlases) + list(options.label_atlases)
-    base = {"task": options.task, "space": TEMPLATE}
+    out: dict[str, tuple[str, dict]] = {}
     for atlas in labels:
         for strategy in options.denoise_strategies:
             desc = strategy.replace("_", "")
-            paths[f"timeseries.{atlas}.{desc}"] = derivative_path(
-                output_dir,
-                subject,
-                "func",
-                suffix="timeseries",
-                extension=".tsv",
-                atlas=atlas,
-                desc=desc,
-                **base,
-            )
+            out[f"timeseries.{atlas}.{desc}"] = ("timeseries", {"atlas": atlas, "desc": desc})
             for kind in options.connectivity:
                 meas = MEASURES[kind][1]
-                paths[f"relmat.{atlas}.{meas}.{desc}"] = derivative_path(
-                    output_dir,
-                    subject,
-                    "func",
-                    suffix="relmat",
-                    extension=".tsv",
-                    atlas=atlas,
-                    meas=meas,
-                    desc=desc,
-                    **base,
+                out[f"relmat.{atlas}.{meas}.{desc}"] = (
+                    "relmat",
+                    {"atlas": atlas, "meas": meas, "desc": desc},
                 )
-        paths[f"spectrum.{atlas}"] = derivative_path(
-            output_dir,
-            subject,
-            "func",
-            suffix="spectrum",
-            extension=".tsv",
-            atlas=atlas,
-            desc="amplitude",
-            **base,
-        )
-        paths[f"alff.{atlas}"] = derivative_path(
-            output_dir,
-            subject,
-            "func",
-            suffix="features",
-            extension=".tsv",
-            atlas=atlas,
-            desc="alff",
-            **base,
-        )
+        out[f"spectrum.{atlas}"] = ("spectrum", {"atlas": atlas})
+        out[f"alff.{atlas}"] = ("alff", {"atlas": atlas})
+    return out
+
+
+def expected_paths(output_dir: Path, source: dict | str, options: FuncOptions) -> dict[str, Path]:
+    """The derivative paths :func:`run_func_stage` writes for one run, keyed as in its return value.
+
+    ``source`` is the BOLD run's entities (:func:`pipeline.outputs.source_entities`); a subject
+    label stands for ``{"sub": label, "task": options.task}``.
+    """
+    if isinstance(source, str):
+        source = {"sub": clean_label(source), "task": options.task}
+    res = res_label(options.output_resolution)
+    paths = {
+        key: output_path(spec, output_dir, source, res=res) for key, spec in FUNC_OUTPUTS.items()
+    }
+    for key, (name, values) in roi_outputs(options).items():
+        paths[key] = output_path(ROI_OUTPUTS[name], output_dir, source, **values)
     return paths
 
 
@@ -375,6 +312,7 @@ def run_func_stage(
 
     sub = clean_label(subject)
     bold = Path(bold).resolve()
+    source = {**source_entities(bold), "sub": sub}
     meta = bold_metadata(bold)
     check_bold(bold, meta, min_volumes=options.min_volumes)  # one-line errors before any node
     missing = [
@@ -399,9 +337,13 @@ def run_func_stage(
         "Seed": seed,
         "Sources": [str(bold)],
     }
-    wf = pe.Workflow(name=f"func_sub_{sub}_wf", base_dir=str(work_dir))
+    # one work folder per run: runs and sessions never share cached nodes
+    run_name = run_label(source).replace("-", "_") or "bold"
+    wf = pe.Workflow(name=f"func_sub_{sub}_{run_name}_wf", base_dir=str(work_dir))
     func_wf = init_func_wf(options=options, subject=sub, seed=seed)
-    ds_wf = init_ds_func_wf(output_dir=output_dir, subject=sub, options=options, metadata=metadata)
+    ds_wf = init_ds_func_wf(
+        output_dir=output_dir, source=source, options=options, metadata=metadata
+    )
     inputs = func_wf.inputs.inputnode
     inputs.bold = str(bold)
     inputs.t1w_preproc = str(anat["t1w_preproc"])
@@ -413,9 +355,10 @@ def run_func_stage(
     inputs.anat2std_xfm = _anat_transforms(anat)
     func_wf.get_node("validate").inputs.metadata = meta
     wf.connect([(func_wf, ds_wf, [(f"outputnode.{f}", f"inputnode.{f}") for f in _OUTPUT_FIELDS])])
-    run_workflow(wf, work_dir=work_dir, nprocs=nprocs, what=f"sub-{sub}: functional workflow")
-    paths = expected_paths(output_dir, sub, options)
+    what = f"sub-{sub} {run_label(source)}: functional workflow"
+    run_workflow(wf, work_dir=work_dir, nprocs=nprocs, what=what)
+    paths = expected_paths(output_dir, source, options)
     absent = [str(p) for p in paths.values() if not p.exists()]
     if absent:
-        raise StageError(f"sub-{sub}: functional outputs missing after the run: {absent[0]}")
+        raise StageError(f"{bold.name}: functional outputs missing after the run: {absent[0]}")
     return paths

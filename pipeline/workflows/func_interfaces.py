@@ -1,14 +1,12 @@
 """Thin Nipype interfaces around :mod:`pipeline.func` (one library call each).
 
 Each interface loads its inputs, calls the library and writes its results into the node's working
-directory. Only :class:`FuncDataSink` writes into the output dataset (atomically, names from
-:func:`pipeline.bids_names.derivative_path`).
+directory. Only the sinks of :mod:`pipeline.interfaces.bids` write into the output dataset.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import nibabel as nib
@@ -23,7 +21,7 @@ from nipype.interfaces.base import (
     traits,
 )
 
-from pipeline.io import atomic_path, save_image, write_json, write_text
+from pipeline.io import save_image, write_json, write_text
 
 
 def _out(runtime, name: str) -> Path:
@@ -90,6 +88,7 @@ class ValidateBold(SimpleInterface):
             "RepetitionTime": tr,
             "SliceTiming": meta.get("SliceTiming"),
             "SliceAxis": slice_axis(img, meta),
+            "SliceEncodingDirection": meta.get("SliceEncodingDirection"),
             "NonSteadyStateVolumes": n_dummy,
             "NumberOfVolumesDiscardedByUser": drop,
             "VolumesIn": int(data.shape[3]),
@@ -153,6 +152,9 @@ class _STCInputSpec(BaseInterfaceInputSpec):
     meta = File(exists=True, mandatory=True, desc="ValidateBold's JSON")
     enabled = traits.Bool(True, usedefault=True)
     ref = traits.Float(0.5, usedefault=True)
+    n_skip = traits.Int(
+        0, usedefault=True, desc="leading non-steady-state volumes left as they are"
+    )
 
 
 class _STCOutputSpec(TraitedSpec):
@@ -191,7 +193,9 @@ class SliceTimingCorrection(SimpleInterface):
             )
         elif np.ptp(times) == 0:
             reason = "all slices acquired at the same time"
-        record = {k: v for k, v in meta.items() if k not in ("SliceAxis", "SliceTiming")}
+        record = {
+            k: v for k, v in meta.items() if k not in ("SliceAxis", "SliceTiming") and v is not None
+        }
         if reason:
             log.info("slice-timing correction skipped: %s", reason)
             self._results["out_file"] = self.inputs.in_file
@@ -201,12 +205,18 @@ class SliceTimingCorrection(SimpleInterface):
                 record["SliceTiming"] = times
             self._results["out_meta"] = str(write_json(_out(runtime, "run_meta.json"), record))
             return runtime
-        data = slice_time_correct(
-            np.asarray(img.dataobj, dtype=np.float32),
+        # as 3dTshift -ignore in fMRIPrep: the bright non-steady-state volumes would ring through
+        # the whole run in a Fourier-domain shift
+        data = np.asarray(img.dataobj, dtype=np.float32).copy()
+        skip = int(self.inputs.n_skip)
+        direction = meta.get("SliceEncodingDirection")
+        data[..., skip:] = slice_time_correct(
+            data[..., skip:],
             times,
             meta["RepetitionTime"],
-            axis=meta["SliceAxis"],
+            axis=None if direction else meta["SliceAxis"],
             ref=self.inputs.ref,
+            direction=direction,
         )
         out = _image(data, img.affine, meta["RepetitionTime"])
         self._results["out_file"] = str(save_image(out, _out(runtime, "bold_stc.nii")))
@@ -377,6 +387,7 @@ class Confounds(SimpleInterface):
             dvars_threshold=opts.dvars_threshold,
             highpass_period=opts.highpass_period,
             fd_radius_mm=opts.fd_radius_mm,
+            compcor_criterion=opts.compcor_variance,
         )
         self._results["out_tsv"] = str(
             write_text(_out(runtime, "confounds.tsv"), write_confounds_tsv(table))
@@ -390,6 +401,7 @@ class _GaugeInputSpec(BaseInterfaceInputSpec):
     in_file = File(exists=True, mandatory=True)
     mask = File(exists=True, mandatory=True)
     method = traits.Enum("grand_mean", "psc", "zscore", "none", usedefault=True)
+    n_drop = traits.Int(0, usedefault=True, desc="leading non-steady-state volumes to remove")
 
 
 class _GaugeOutputSpec(TraitedSpec):
@@ -398,7 +410,8 @@ class _GaugeOutputSpec(TraitedSpec):
 
 
 class TemporalGauge(SimpleInterface):
-    """Grand-mean scaling / PSC / z-score (:func:`pipeline.func.denoise.temporal_gauge`)."""
+    """Grand-mean scaling / PSC / z-score (:func:`pipeline.func.denoise.temporal_gauge`) of the
+    steady-state volumes (the leading ``n_drop`` are removed first)."""
 
     input_spec = _GaugeInputSpec
     output_spec = _GaugeOutputSpec
@@ -408,7 +421,7 @@ class TemporalGauge(SimpleInterface):
 
         img = nib.load(self.inputs.in_file)
         mask = np.asarray(nib.load(self.inputs.mask).dataobj) > 0
-        data = img.get_fdata(dtype=np.float32)
+        data = img.get_fdata(dtype=np.float32)[..., int(self.inputs.n_drop) :]
         scaled, factor = temporal_gauge(data[mask], self.inputs.method)
         out = np.zeros_like(data)
         out[mask] = scaled
@@ -426,11 +439,16 @@ class _RoiInputSpec(BaseInterfaceInputSpec):
     mask = File(exists=True, mandatory=True)
     confounds = File(exists=True, mandatory=True)
     options = traits.Dict(desc="FuncOptions as a dict")
+    n_drop = traits.Int(
+        0, usedefault=True, desc="leading confound rows whose volumes in_file no longer has"
+    )
 
 
 class _RoiOutputSpec(TraitedSpec):
     out_files = traits.List(File(exists=True))
-    entities = traits.List(traits.Dict, desc="BIDS entities of each output file")
+    entities = traits.List(
+        traits.Dict, desc="declared output ('output') and its variable entities, per file"
+    )
     denoised_bold = File(desc="denoised 4-D BOLD of the first strategy (when asked)")
 
 
@@ -469,6 +487,12 @@ class RoiConnectivity(SimpleInterface):
         mask = nib.load(self.inputs.mask)
         tr = float(img.header.get_zooms()[3])
         conf = pd.read_csv(self.inputs.confounds, sep="\t", na_values="n/a")
+        n_drop = int(self.inputs.n_drop)
+        if n_drop:  # the volumes are gone: so are their rows and their outlier columns
+            conf = conf.iloc[n_drop:].reset_index(drop=True)
+            conf = conf.loc[:, conf.columns.map(lambda c: not c.startswith("non_steady_state"))]
+        if len(conf) != img.shape[3]:
+            raise ValueError(f"{len(conf)} confound rows for {img.shape[3]} volumes")
         atlases = [load_coordinate_atlas(a) for a in opts.atlases]
         atlases += [load_coordinate_file(k, v) for k, v in opts.coordinate_atlases.items()]
         atlases += [load_label_atlas(k, v) for k, v in opts.label_atlases.items()]
@@ -491,7 +515,7 @@ class RoiConnectivity(SimpleInterface):
                 emit(
                     f"atlas-{atlas.label}_desc-{desc}_timeseries.tsv",
                     format_tsv(clean),
-                    {**base, "suffix": "timeseries"},
+                    {**base, "output": "roi.timeseries"},
                 )
                 for kind in opts.connectivity:
                     mat = connectivity(clean.to_numpy(), kind, z=opts.fisher_z)
@@ -499,7 +523,7 @@ class RoiConnectivity(SimpleInterface):
                     emit(
                         f"atlas-{atlas.label}_meas-{meas}_desc-{desc}_relmat.tsv",
                         format_tsv(matrix_frame(mat, atlas.names), index=True),
-                        {**base, "meas": meas, "suffix": "relmat"},
+                        {**base, "meas": meas, "output": "roi.relmat"},
                     )
             # time-shift-invariant features on motion/CompCor-cleaned, unfiltered series
             ok = raw.notna().all().to_numpy()
@@ -513,7 +537,7 @@ class RoiConnectivity(SimpleInterface):
             emit(
                 f"atlas-{atlas.label}_desc-amplitude_spectrum.tsv",
                 format_tsv(spectrum),
-                {"atlas": atlas.label, "desc": "amplitude", "suffix": "spectrum"},
+                {"atlas": atlas.label, "output": "roi.spectrum"},
             )
             a, f = alff(np.nan_to_num(cleaned), tr, tuple(opts.alff_band))
             a[~ok], f[~ok] = np.nan, np.nan
@@ -521,7 +545,7 @@ class RoiConnectivity(SimpleInterface):
             emit(
                 f"atlas-{atlas.label}_desc-alff_features.tsv",
                 feats.to_csv(sep="\t", index=False, na_rep="n/a", float_format="%.6g"),
-                {"atlas": atlas.label, "desc": "alff", "suffix": "features"},
+                {"atlas": atlas.label, "output": "roi.alff"},
             )
         if opts.write_denoised_bold and opts.denoise_strategies:
             m = np.asarray(mask.dataobj) > 0
@@ -549,6 +573,7 @@ class _BoldQCInputSpec(BaseInterfaceInputSpec):
     meta = File(exists=True, mandatory=True, desc="ValidateBold's JSON")
     stc_applied = traits.Bool(False, usedefault=True)
     subject = traits.Str(mandatory=True)
+    n_drop = traits.Int(0, usedefault=True, desc="leading non-steady-state volumes")
 
 
 class _BoldQCOutputSpec(TraitedSpec):
@@ -571,7 +596,8 @@ class BoldQC(SimpleInterface):
         img = nib.load(self.inputs.in_file)
         mask_img = nib.load(self.inputs.mask)
         mask = np.asarray(mask_img.dataobj) > 0
-        voxels = img.get_fdata(dtype=np.float32)[mask]
+        # tSNR and carpet of the steady-state volumes
+        voxels = img.get_fdata(dtype=np.float32)[..., int(self.inputs.n_drop) :][mask]
         snr = tsnr(voxels)
         snr_map = np.zeros(mask.shape, np.float32)
         snr_map[mask] = snr
@@ -617,112 +643,4 @@ class BoldQC(SimpleInterface):
             write_text(_out(runtime, "qc.tsv"), header + "\n" + row + "\n")
         )
         self._results["out_json"] = str(write_json(_out(runtime, "qc.json"), record))
-        return runtime
-
-
-# --------------------------------------------------------------------------- sink
-class _FuncSinkInputSpec(BaseInterfaceInputSpec):
-    base_directory = traits.Str(mandatory=True, desc="root of the derivatives dataset")
-    subject = traits.Str(mandatory=True)
-    in_file = File(exists=True, mandatory=True)
-    entities = traits.Dict(mandatory=True, desc="BIDS entities, 'suffix' included")
-    meta_dict = traits.Dict(desc="JSON sidecar content")
-    meta_file = File(exists=True, desc="JSON whose content is merged into the sidecar")
-
-
-class _FuncSinkOutputSpec(TraitedSpec):
-    out_file = File(exists=True)
-    out_meta = File(desc="the JSON sidecar")
-
-
-class FuncDataSink(SimpleInterface):
-    """Copy a result into ``sub-X/func/`` under its BIDS name (``task`` included), with a sidecar.
-
-    Unlike the anatomical sink, the entities come as one dictionary, so a ``MapNode`` can sink a
-    list of outputs whose number depends on the configuration (atlases × strategies × measures).
-    """
-
-    input_spec = _FuncSinkInputSpec
-    output_spec = _FuncSinkOutputSpec
-    _always_run = True  # a cached sink would not rewrite a deleted output
-
-    def _run_interface(self, runtime):
-        dest, meta_path = self._sink()
-        self._results["out_file"] = dest
-        if meta_path is not None:
-            self._results["out_meta"] = meta_path
-        return runtime
-
-    def _sink(self) -> tuple[str, str | None]:
-        from pipeline.bids_names import derivative_path
-        from pipeline.workflows.interfaces import _extension
-
-        ents = dict(self.inputs.entities)
-        suffix = ents.pop("suffix")
-        ext = _extension(self.inputs.in_file)
-        compress = ext == ".nii"  # work-dir images are uncompressed (fast); outputs are .nii.gz
-        if compress:
-            ext = ".nii.gz"
-        dest = derivative_path(
-            self.inputs.base_directory,
-            self.inputs.subject,
-            "func",
-            suffix=suffix,
-            extension=ext,
-            **ents,
-        )
-        if compress:
-            save_image(nib.load(self.inputs.in_file), dest)
-        else:
-            with atomic_path(dest) as tmp:
-                shutil.copyfile(self.inputs.in_file, tmp)
-        if ext == ".json":
-            return str(dest), None
-        meta = dict(self.inputs.meta_dict) if isdefined(self.inputs.meta_dict) else {}
-        if isdefined(self.inputs.meta_file):
-            meta.update(_load_meta(self.inputs.meta_file))
-        sidecar = dest.with_name(dest.name[: -len(ext)] + ".json")
-        return str(dest), str(write_json(sidecar, meta))
-
-
-class _FuncSinkManyInputSpec(BaseInterfaceInputSpec):
-    base_directory = traits.Str(mandatory=True, desc="root of the derivatives dataset")
-    subject = traits.Str(mandatory=True)
-    in_files = traits.List(File(exists=True), mandatory=True)
-    entities = traits.List(traits.Dict, mandatory=True, desc="BIDS entities of each file")
-    meta_dict = traits.Dict(desc="JSON sidecar content (the same for every file)")
-
-
-class _FuncSinkManyOutputSpec(TraitedSpec):
-    out_files = traits.List(File(exists=True))
-
-
-class FuncDataSinkMany(SimpleInterface):
-    """:class:`FuncDataSink` for a list of small outputs in one node.
-
-    The atlas × strategy × measure outputs number in the hundreds; one Nipype node each would cost
-    more in bookkeeping than the writing itself.
-    """
-
-    input_spec = _FuncSinkManyInputSpec
-    output_spec = _FuncSinkManyOutputSpec
-    _always_run = True
-
-    def _run_interface(self, runtime):
-        if len(self.inputs.in_files) != len(self.inputs.entities):
-            raise ValueError(
-                f"{len(self.inputs.in_files)} files but {len(self.inputs.entities)} entity sets"
-            )
-        meta = dict(self.inputs.meta_dict) if isdefined(self.inputs.meta_dict) else {}
-        out = []
-        for in_file, ents in zip(self.inputs.in_files, self.inputs.entities, strict=True):
-            single = FuncDataSink(
-                base_directory=self.inputs.base_directory,
-                subject=self.inputs.subject,
-                in_file=in_file,
-                entities=ents,
-                meta_dict=meta,
-            )
-            out.append(single._sink()[0])
-        self._results["out_files"] = out
         return runtime

@@ -19,7 +19,8 @@ from pipeline import __version__
 from pipeline.bids import bold_files, t1w_file
 from pipeline.config import Config
 from pipeline.errors import SymprepError
-from pipeline.io import check_image, check_writable_dir, remove_stale_parts, write_json
+from pipeline.io import check_image, check_writable_dir, read_json, remove_stale_parts, write_json
+from pipeline.outputs import failure_path, run_label, source_entities, status_path
 
 logger = logging.getLogger(__name__)
 
@@ -34,16 +35,6 @@ class SubjectResult:
     stage: str | None = None
     error: str | None = None
     seconds: float = 0.0
-
-
-def status_path(output_dir: str | os.PathLike[str], subject: str) -> Path:
-    """Success record of a subject (the participant rule's target)."""
-    return Path(output_dir) / "logs" / f"sub-{subject}_participant.json"
-
-
-def failure_path(output_dir: str | os.PathLike[str], subject: str) -> Path:
-    """Failure record of a subject."""
-    return Path(output_dir) / "logs" / f"sub-{subject}_failure.json"
 
 
 def _tame_nipype_logging() -> None:
@@ -97,10 +88,14 @@ def run_participant(
     stage = "inputs"
     outputs: dict[str, str] = {}
     try:
-        t1w = t1w_file(layout, subject)
+        from pipeline.workflows._execute import EXECUTION
+
+        filters = EXECUTION.bids_filters or {}
+        t1w = t1w_file(layout, subject, filters.get("t1w"))
+        logger.info("sub-%s: anatomical reference %s", subject, t1w.name)
         check_image(t1w, ndim=3)
         if config.anat.enabled and config.func.enabled:  # BOLD files checked before any work
-            bold_files(layout, subject, task=config.func.task)
+            bold_files(layout, subject, task=config.func.task, filters=filters.get("bold"))
         if config.anat.enabled:
             stage = "anat"
             from pipeline.workflows.anat import run_anat_stage
@@ -119,7 +114,12 @@ def run_participant(
                 stage = "func"
                 from pipeline.workflows.func import run_func_stage
 
-                for bold in bold_files(layout, subject, task=config.func.task):
+                runs = bold_files(
+                    layout, subject, task=config.func.task, filters=filters.get("bold")
+                )
+                logger.info("sub-%s: %d BOLD run(s)", subject, len(runs))
+                for bold in runs:  # every run of every session
+                    logger.info("sub-%s: functional stage, %s", subject, bold.name)
                     func_outputs = run_func_stage(
                         bold=bold,
                         subject=subject,
@@ -130,7 +130,7 @@ def run_participant(
                         seed=config.seed,
                         nprocs=nprocs,
                     )
-                    run = bold.name.split("_bold")[0]
+                    run = run_label(source_entities(bold))
                     outputs.update({f"func.{run}.{k}": str(v) for k, v in func_outputs.items()})
     except SymprepError as exc:
         return _failed(output_dir, subject, stage, str(exc), None, start)
@@ -153,11 +153,20 @@ def run_participant(
             "symprep_version": __version__,
             "seed": config.seed,
             "seconds": round(seconds, 1),
+            "qc_flags": _qc_flags(outputs),
             "outputs": outputs,
         },
     )
     logger.info("sub-%s: participant stages done in %.0f s", subject, seconds)
     return SubjectResult(subject, True, outputs, seconds=seconds)
+
+
+def _qc_flags(outputs: dict[str, str]) -> list[str]:
+    """Problems that did not fail the subject but must be seen (e.g. an Atropos failure)."""
+    qc = outputs.get("anat.qc_json")
+    if not qc or not Path(qc).exists():
+        return []
+    return list(read_json(qc).get("flags", []))
 
 
 def _failed(

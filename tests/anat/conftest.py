@@ -51,3 +51,14 @@ def brain_points(small_template):
 def small_priors(template2):
     """Template GM/WM/CSF maps at 6 mm, keyed by tissue."""
     return {k: downsample(getattr(template2, k.lower()), 3) for k in ("GM", "WM", "CSF")}
+
+
+@pytest.fixture(scope="session")
+def template4(template2):
+    """(T1w, brain mask, GM/WM/CSF maps) of the template at 4 mm (segmentation tests)."""
+    t1w = downsample(template2.t1w, 2)
+    mask = nib.Nifti1Image(
+        (downsample(template2.mask, 2).get_fdata() > 0.5).astype(np.uint8), t1w.affine
+    )
+    priors = {k: downsample(getattr(template2, k.lower()), 2) for k in ("GM", "WM", "CSF")}
+    return t1w, mask, priors

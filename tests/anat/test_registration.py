@@ -6,6 +6,7 @@ from __future__ import annotations
 import ants
 import numpy as np
 import pytest
+from _anat_options import FAST_ANAT
 from scipy import stats
 from scipy.spatial.transform import Rotation
 
@@ -15,17 +16,7 @@ from pipeline.anat.registration import register_to_template
 from pipeline.anat.synthetic import displacement_error, pose_image, rigid_about
 
 #: a coarse (6 mm) registration grid and few iterations: seconds instead of a minute
-FAST = AnatOptions(
-    registration_voxel_mm=6.0,
-    pose_n_rotations=400,
-    pose_fine_mm=6.0,
-    pose_n_refine=2,
-    rigid_iterations=[20, 10],
-    affine_iterations=[30, 10],
-    affine_shrink_factors=[2, 1],
-    affine_smoothing_sigmas=[1.0, 0.0],
-    syn_iterations=[10, 5, 0],
-)
+FAST = AnatOptions(**{k: v for k, v in FAST_ANAT.items() if k != "n4_shrink_factor"})
 
 
 @pytest.mark.slow

@@ -133,12 +133,17 @@ def _derivatives(root, rng, noise=0.0, shift=0):
     )
     ts = np.random.default_rng(1).standard_normal((12, 3))
     pd.DataFrame(np.roll(ts, shift, 0), columns=list("abc")).to_csv(
-        func / "sub-01_task-rest_atlas-demo_timeseries.tsv", sep="\t", index=False
+        func / "sub-01_task-rest_space-MNI152NLin2009aSym_atlas-demo_desc-minimal_timeseries.tsv",
+        sep="\t",
+        index=False,
     )
     fc = np.corrcoef(ts.T) * (1 - noise)
     np.fill_diagonal(fc, 1)
     pd.DataFrame(fc, columns=list("abc")).to_csv(
-        func / "sub-01_task-rest_atlas-demo_relmat.tsv", sep="\t", index=False
+        func
+        / "sub-01_task-rest_space-MNI152NLin2009aSym_atlas-demo_meas-PearsonCorrelation_desc-minimal_relmat.tsv",
+        sep="\t",
+        index=False,
     )
 
 

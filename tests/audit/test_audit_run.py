@@ -6,22 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from _anat_options import CHEAP_ANAT
 
 from pipeline.config import load_config
 from pipeline.data.demo import DemoSpec, make_demo_dataset
-
-CHEAP_ANAT = dict(
-    registration_voxel_mm=6.0,
-    pose_n_rotations=200,
-    pose_fine_mm=6.0,
-    pose_n_refine=1,
-    rigid_iterations=[10, 5],
-    affine_iterations=[10, 5],
-    affine_shrink_factors=[2, 1],
-    affine_smoothing_sigmas=[1.0, 0.0],
-    syn=False,
-    n4=False,
-)
 
 
 @pytest.mark.slow

@@ -218,7 +218,9 @@ def test_embedding_of_regional_features_uses_the_original_table(tmp_path, rng):
     assert list(table.index) == [f"{i:02d}" for i in range(1, 7)]
     mu = before.mean(axis=0)
     v = np.linalg.svd(before - mu, full_matrices=False)[2][:2].T
-    np.testing.assert_allclose(np.abs(table[["pc1_before", "pc2_before"]]), np.abs((before - mu) @ v))
+    np.testing.assert_allclose(
+        np.abs(table[["pc1_before", "pc2_before"]]), np.abs((before - mu) @ v)
+    )
     # the site split dominates PC1 before and is gone after
     pc1b, pc1a = table["pc1_before"].to_numpy(), table["pc1_after"].to_numpy()
     assert abs(pc1b[:3].mean() - pc1b[3:].mean()) > 3 * abs(pc1a[:3].mean() - pc1a[3:].mean())

@@ -8,6 +8,7 @@ import ants
 import nibabel as nib
 import numpy as np
 import pytest
+from _anat_options import FAST_ANAT
 from scipy import stats
 from scipy.spatial.transform import Rotation
 
@@ -16,21 +17,10 @@ from pipeline.anat.options import AnatOptions
 from pipeline.anat.synthetic import pose_image, rigid_about
 from pipeline.data.templates import load_template
 from pipeline.errors import ImageError, QCError
+from pipeline.interfaces.bids import DerivativesDataSink
 from pipeline.workflows.anat import expected_paths, init_anat_wf, init_ds_anat_wf, run_anat_stage
-from pipeline.workflows.interfaces import DerivativesDataSink
 
-FAST = dict(
-    registration_voxel_mm=6.0,
-    pose_n_rotations=400,
-    pose_fine_mm=6.0,
-    pose_n_refine=2,
-    rigid_iterations=[20, 10],
-    affine_iterations=[30, 10],
-    affine_shrink_factors=[2, 1],
-    affine_smoothing_sigmas=[1.0, 0.0],
-    syn_iterations=[10, 5, 0],
-    n4_shrink_factor=2,
-)
+FAST = FAST_ANAT
 
 
 def test_anat_workflow_graph_builds():
@@ -53,20 +43,26 @@ def test_anat_workflow_graph_builds():
     register = next(n for n in graph.nodes if n.name == "register")
     assert register.inputs.seed == 3
     assert (
-        "qc_min_dice" not in register.inputs.options
+        "qc_min_wm_dice" not in register.inputs.options
     )  # QC thresholds do not invalidate the registration
 
 
 def test_ds_workflow_writes_every_issue_output(tmp_path):
-    ds = init_ds_anat_wf(output_dir=tmp_path, subject="sub-01", resolution=2, metadata={"Seed": 0})
+    options = AnatOptions()
+    source = {"sub": "01"}
+    ds = init_ds_anat_wf(output_dir=tmp_path, source=source, options=options, metadata={"Seed": 0})
     sinks = [n for n in ds.list_node_names() if n.startswith("ds_")]
-    paths = expected_paths(tmp_path, "01", 2)
+    paths = expected_paths(tmp_path, source, options)
     assert len(sinks) == len(paths)
     names = {p.name for p in paths.values()}
     std = "sub-01_space-MNI152NLin2009aSym_res-2"
     assert {
         "sub-01_desc-preproc_T1w.nii.gz",
         "sub-01_desc-brain_mask.nii.gz",
+        "sub-01_dseg.nii.gz",
+        "sub-01_label-GM_probseg.nii.gz",
+        "sub-01_label-WM_probseg.nii.gz",
+        "sub-01_label-CSF_probseg.nii.gz",
         f"{std}_desc-preproc_T1w.nii.gz",
         f"{std}_desc-brain_mask.nii.gz",
         f"{std}_label-GM_probseg.nii.gz",
@@ -76,6 +72,20 @@ def test_ds_workflow_writes_every_issue_output(tmp_path):
         "sub-01_from-MNI152NLin2009aSym_to-T1w_mode-image_xfm.h5",
         "sub-01_desc-registration_qc.tsv",
     } <= names
+    # the modulated GM map is declared, and written only when asked for
+    assert not any("desc-modulated" in n for n in names)
+    with_vbm = expected_paths(tmp_path, source, AnatOptions(write_modulated_gm=True))
+    assert with_vbm["std_gm_modulated"].name == f"{std}_label-GM_desc-modulated_probseg.nii.gz"
+
+
+def test_anat_names_keep_acquisition_entities_but_not_session_or_run(tmp_path):
+    """Anatomy is one subject-level reference: acq/ce/rec kept, ses/run dropped."""
+    from pipeline.outputs import anat_source
+
+    source = anat_source("/d/sub-01/ses-2/anat/sub-01_ses-2_acq-mprage_run-3_T1w.nii.gz")
+    assert source == {"sub": "01", "acq": "mprage"}
+    paths = expected_paths(tmp_path, source, AnatOptions())
+    assert paths["t1w_mask"] == tmp_path / "sub-01/anat/sub-01_acq-mprage_desc-brain_mask.nii.gz"
 
 
 def test_derivatives_data_sink_names_and_sidecar(tmp_path):
@@ -84,12 +94,11 @@ def test_derivatives_data_sink_names_and_sidecar(tmp_path):
     nib.save(nib.Nifti1Image(np.ones((2, 2, 2), np.float32), np.eye(4)), src)
     sink = DerivativesDataSink(
         base_directory=str(tmp_path / "out"),
-        subject="01",
+        stage="anat",
+        output="std_gm_probseg",
+        source={"sub": "01"},
         in_file=str(src),
-        suffix="probseg",
-        space="MNI152NLin2009aSym",
         res=2,
-        label="GM",
         meta_dict={"Seed": 5},
     )
     result = sink.run(cwd=str(tmp_path / "work"))
@@ -97,9 +106,8 @@ def test_derivatives_data_sink_names_and_sidecar(tmp_path):
         tmp_path / "out/sub-01/anat/sub-01_space-MNI152NLin2009aSym_res-2_label-GM_probseg.nii.gz"
     )
     assert result.outputs.out_file == str(dest)
-    assert json.loads(dest.with_name(dest.name.replace(".nii.gz", ".json")).read_text()) == {
-        "Seed": 5
-    }
+    side = json.loads(dest.with_name(dest.name.replace(".nii.gz", ".json")).read_text())
+    assert side["Seed"] == 5 and side["Description"].startswith("GM probability")
     assert sorted(p.name for p in dest.parent.iterdir()) == sorted(
         [dest.name, dest.name[:-7] + ".json"]
     )
@@ -147,7 +155,12 @@ def test_run_anat_stage_end_to_end_and_qc_failure(tmp_path, rng):
     assert sidecar["Seed"] == 1 and "antspyx" in sidecar["Software"]
     assert sidecar["Parameters"]["pose_n_rotations"] == 400
     qc = json.loads(paths["qc_json"].read_text())
-    assert qc["passed"] and qc["dice"] > 0.85
+    assert qc["passed"] and qc["wm_dice"] > 0.62 and qc["flags"] == []
+    assert qc["segmentation"]["Method"] == "atropos"
+    gm_side = json.loads(paths["t1w_gm_probseg"].with_suffix("").with_suffix(".json").read_text())
+    assert gm_side["Method"] == "atropos" and gm_side["PriorWeight"] == 0.1
+    dseg = np.asarray(nib.load(paths["t1w_dseg"]).dataobj)
+    assert set(np.unique(dseg)) == {0, 1, 2, 3}
     # the written forward transform pulls the raw T1w onto the template
     warped = ants.apply_transforms(
         nib_to_ants(tpl.t1w), nib_to_ants(nib.load(t1w)), [str(paths["anat2std_xfm"])]
@@ -157,9 +170,9 @@ def test_run_anat_stage_end_to_end_and_qc_failure(tmp_path, rng):
     assert std_t1w.shape == tpl.t1w.shape and np.allclose(std_t1w.affine, tpl.t1w.affine)
 
     # an impossible QC threshold: only QC reruns (cached registration), outputs and record are written
-    with pytest.raises(QCError, match=r"sub-01: registration QC failed: dice=") as info:
-        run_anat_stage(options=AnatOptions(**FAST, qc_min_dice=0.9999), **kwargs)
+    with pytest.raises(QCError, match=r"sub-01: registration QC failed: wm_dice=") as info:
+        run_anat_stage(options=AnatOptions(**FAST, qc_min_wm_dice=0.9999), **kwargs)
     assert "\n" not in str(info.value)
     qc = json.loads(paths["qc_json"].read_text())
-    assert not qc["passed"] and qc["failures"][0].startswith("dice=")
+    assert not qc["passed"] and qc["failures"][0].startswith("wm_dice=")
     assert all(p.exists() for p in paths.values())

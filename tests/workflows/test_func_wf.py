@@ -40,9 +40,10 @@ def test_graph_builds():
     consumers = {v.name for u, v in wf._graph.edges() if u.name in ("hmc", "coreg")}
     assert "resample" in consumers and "gauge" not in consumers
     opts = FuncOptions(atlases=["power2011"], denoise_strategies=["filt_global"])
-    ds = init_ds_func_wf(output_dir=Path("/x"), subject="01", options=opts, metadata={})
+    source = {"sub": "01", "task": "rest"}
+    ds = init_ds_func_wf(output_dir=Path("/x"), source=source, options=opts, metadata={})
     assert "ds_rois" in {n.name for n in ds._graph.nodes()}
-    paths = expected_paths(Path("/x"), "01", opts)
+    paths = expected_paths(Path("/x"), source, opts)
     assert paths["bold_std"].name == (
         "sub-01_task-rest_space-MNI152NLin2009aSym_res-3_desc-preproc_bold.nii.gz"
     )
@@ -50,7 +51,23 @@ def test_graph_builds():
         "sub-01_task-rest_space-MNI152NLin2009aSym_atlas-Power2011_meas-PearsonCorrelation"
         "_desc-filtglobal_relmat.tsv"
     )
-    assert len(paths) == 9 + 1 * (1 + 2) + 2
+    assert len(paths) == 10 + 1 * (1 + 2) + 2
+    # every entity of the source run is kept, sessions get their folder
+    run = {
+        "sub": "01",
+        "ses": "2",
+        "task": "rest",
+        "acq": "mb",
+        "dir": "PA",
+        "run": "3",
+        "echo": "1",
+    }
+    named = expected_paths(Path("/x"), run, opts)
+    assert named["confounds"] == Path(
+        "/x/sub-01/ses-2/func/sub-01_ses-2_task-rest_acq-mb_dir-PA_run-3_echo-1"
+        "_desc-confounds_timeseries.tsv"
+    )
+    assert len({p for p in named.values()}) == len(named)
 
 
 def _copy_subject(bids: Path, dest: Path) -> Path:
@@ -121,21 +138,30 @@ def test_end_to_end_tiny_subject(func_bids, func_anat, tmp_path):
         anat=func_anat,
     )
     assert all(p.exists() for p in paths.values())
-    n_kept = _funcdata.FUNC_SPEC["n_volumes"] - 2
+    n_all = _funcdata.FUNC_SPEC["n_volumes"]
+    n_kept = n_all - 2
+    # desc-preproc as fMRIPrep's: every volume, unscaled; desc-scaled: the gauge, steady state only
     bold = nib.load(paths["bold_std"])
-    assert bold.shape[3] == n_kept and bold.header.get_zooms()[3] == pytest.approx(2.0)
+    assert bold.shape[3] == n_all and bold.header.get_zooms()[3] == pytest.approx(2.0)
     mask = np.asarray(nib.load(paths["bold_mask"]).dataobj) > 0
-    assert bold.get_fdata()[mask].mean() == pytest.approx(1000.0, rel=1e-4)  # grand-mean gauge
+    raw_mean = bold.get_fdata()[mask].mean()
+    assert abs(raw_mean - 1000.0) > 10
+    scaled = nib.load(paths["bold_scaled"])
+    assert scaled.shape[3] == n_kept
+    assert scaled.get_fdata()[mask].mean() == pytest.approx(1000.0, rel=1e-4)  # grand-mean gauge
     sidecar = json.loads(paths["bold_std"].with_suffix("").with_suffix(".json").read_text())
     assert sidecar["NonSteadyStateVolumes"] == 2 and sidecar["RepetitionTime"] == 2.0
     assert sidecar["SliceTimingCorrected"] and 0 < sidecar["StartTime"] < 2.0
     conf = pd.read_csv(paths["confounds"], sep="\t", na_values="n/a")
-    assert len(conf) == n_kept and conf["framewise_displacement"].iloc[1:].notna().all()
-    # motion parameters in the confounds match the ground truth
+    assert len(conf) == n_all and conf["framewise_displacement"].iloc[1:].notna().all()
+    flagged = conf.filter(like="non_steady_state_outlier")
+    assert flagged.shape[1] == 2 and flagged.sum(axis=1).tolist() == [1, 1] + [0] * n_kept
+    # motion parameters in the confounds match the ground truth (steady-state volumes)
     truth = pd.read_csv(
         func_bids / "sourcedata/groundtruth/sub-01/sub-01_task-rest_desc-motion_timeseries.tsv",
         sep="\t",
     ).to_numpy()[2:]
+    conf = conf.iloc[2:]
     from pipeline.func.motion import params_to_matrix
 
     rel = [params_to_matrix(r) @ np.linalg.inv(params_to_matrix(truth[0])) for r in truth]

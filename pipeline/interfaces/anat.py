@@ -1,14 +1,13 @@
 """Thin Nipype interfaces around :mod:`pipeline.anat` (antspyx has no command-line programs).
 
 Each interface validates nothing itself beyond its trait specs: it loads its inputs, calls one
-library function and writes its outputs into the node's working directory. Only
-:class:`DerivativesDataSink` writes into the output dataset (atomically, through
-:mod:`pipeline.io`, with names from :func:`pipeline.bids_names.derivative_path`).
+library function and writes its outputs into the node's working directory. Only the sinks of
+:mod:`pipeline.interfaces.bids` write into the output dataset.
 """
 
 from __future__ import annotations
 
-import shutil
+import json
 from pathlib import Path
 
 import nibabel as nib
@@ -22,7 +21,7 @@ from nipype.interfaces.base import (
     traits,
 )
 
-from pipeline.io import atomic_path, save_image, write_json, write_text
+from pipeline.io import save_image, write_json, write_text
 
 
 def _out(runtime, name: str) -> Path:
@@ -200,6 +199,7 @@ class _BrainMaskInputSpec(BaseInterfaceInputSpec):
     in_file = File(exists=True, mandatory=True, desc="bias-corrected T1w")
     template_mask = File(exists=True, mandatory=True)
     inverse_transform = File(exists=True, mandatory=True)
+    margin_mm = traits.Float(4.0, usedefault=True)
 
 
 class _BrainMaskOutputSpec(TraitedSpec):
@@ -207,56 +207,122 @@ class _BrainMaskOutputSpec(TraitedSpec):
 
 
 class BrainMask(SimpleInterface):
-    """Template brain mask pulled back to the T1w and refined (:func:`pipeline.anat.segment.brain_mask`)."""
+    """Initial brain mask: the template's pulled back, dilated
+    (:func:`pipeline.anat.segment.initial_brain_mask`)."""
 
     input_spec = _BrainMaskInputSpec
     output_spec = _BrainMaskOutputSpec
 
     def _run_interface(self, runtime):
-        from pipeline.anat.segment import brain_mask
+        from pipeline.anat.segment import initial_brain_mask
 
-        mask = brain_mask(
+        mask = initial_brain_mask(
             nib.load(self.inputs.in_file),
             nib.load(self.inputs.template_mask),
             self.inputs.inverse_transform,
+            self.inputs.margin_mm,
         )
-        self._results["out_file"] = str(save_image(mask, _out(runtime, "brain_mask.nii.gz")))
+        self._results["out_file"] = str(save_image(mask, _out(runtime, "initial_mask.nii.gz")))
         return runtime
 
 
 class _TissuesInputSpec(BaseInterfaceInputSpec):
     in_file = File(exists=True, mandatory=True, desc="bias-corrected T1w")
-    mask = File(exists=True, mandatory=True)
+    mask = File(exists=True, mandatory=True, desc="initial brain mask")
     gm = File(exists=True, mandatory=True, desc="template GM prior")
     wm = File(exists=True, mandatory=True, desc="template WM prior")
     csf = File(exists=True, mandatory=True, desc="template CSF prior")
     inverse_transform = File(exists=True, mandatory=True)
     method = traits.Enum("atropos", "priors", usedefault=True)
+    prior_weight = traits.Float(0.1, usedefault=True)
 
 
 class _TissuesOutputSpec(TraitedSpec):
     out_files = traits.List(File(exists=True), desc="GM, WM, CSF probability maps (T1w space)")
+    out_mask = File(exists=True, desc="brain mask refined with the subject's segmentation")
+    out_dseg = File(exists=True, desc="hard labels: 1 GM, 2 WM, 3 CSF")
+    out_report = File(exists=True, desc="JSON: method, prior weight, failure, volumes")
 
 
 class TissueMaps(SimpleInterface):
-    """GM/WM/CSF probability maps (:func:`pipeline.anat.segment.tissue_maps`)."""
+    """Subject segmentation and refined brain mask (:func:`pipeline.anat.segment.segment_subject`)."""
 
     input_spec = _TissuesInputSpec
     output_spec = _TissuesOutputSpec
 
     def _run_interface(self, runtime):
-        from pipeline.anat.segment import TISSUES, tissue_maps
+        from pipeline.anat.segment import TISSUES, segment_subject
 
         priors = {k: nib.load(getattr(self.inputs, k.lower())) for k in TISSUES}
-        maps = tissue_maps(
+        mask, maps, dseg, record = segment_subject(
             nib.load(self.inputs.in_file),
             nib.load(self.inputs.mask),
             priors,
             self.inputs.inverse_transform,
             self.inputs.method,
+            self.inputs.prior_weight,
         )
         self._results["out_files"] = [
             str(save_image(maps[k], _out(runtime, f"label-{k}_probseg.nii.gz"))) for k in TISSUES
+        ]
+        self._results["out_mask"] = str(save_image(mask, _out(runtime, "brain_mask.nii.gz")))
+        self._results["out_dseg"] = str(save_image(dseg, _out(runtime, "dseg.nii.gz")))
+        self._results["out_report"] = str(write_json(_out(runtime, "segmentation.json"), record))
+        return runtime
+
+
+class _ModulateInputSpec(BaseInterfaceInputSpec):
+    in_file = File(exists=True, mandatory=True, desc="template-space GM probability")
+    forward_transform = File(exists=True, mandatory=True, desc="template points -> T1w points")
+
+
+class _ModulateOutputSpec(TraitedSpec):
+    out_file = File(exists=True)
+
+
+class ModulateByJacobian(SimpleInterface):
+    """Jacobian-modulated map (:func:`pipeline.anat.qc.modulate`)."""
+
+    input_spec = _ModulateInputSpec
+    output_spec = _ModulateOutputSpec
+
+    def _run_interface(self, runtime):
+        from pipeline.anat.qc import modulate
+
+        img = modulate(nib.load(self.inputs.in_file), self.inputs.forward_transform)
+        self._results["out_file"] = str(save_image(img, _out(runtime, "gm_modulated.nii.gz")))
+        return runtime
+
+
+class _ClassesInputSpec(BaseInterfaceInputSpec):
+    in_file = File(exists=True, mandatory=True, desc="bias-corrected T1w")
+    mask = File(exists=True, mandatory=True, desc="brain mask")
+
+
+class _ClassesOutputSpec(TraitedSpec):
+    out_files = traits.List(File(exists=True), desc="WM and GM classes (0/1 float32)")
+
+
+class IntensityClasses(SimpleInterface):
+    """The subject's WM and GM from its intensities alone
+    (:func:`pipeline.anat.segment.intensity_classes`), for registration QC."""
+
+    input_spec = _ClassesInputSpec
+    output_spec = _ClassesOutputSpec
+
+    def _run_interface(self, runtime):
+        from pipeline.anat.segment import intensity_classes
+
+        t1w = nib.load(self.inputs.in_file)
+        classes = intensity_classes(t1w, nib.load(self.inputs.mask))
+        self._results["out_files"] = [
+            str(
+                save_image(
+                    nib.Nifti1Image(classes[key].astype(np.float32), t1w.affine),
+                    _out(runtime, f"class_{key}.nii.gz"),
+                )
+            )
+            for key in ("WM", "GM")
         ]
         return runtime
 
@@ -265,10 +331,18 @@ class TissueMaps(SimpleInterface):
 class _QCInputSpec(BaseInterfaceInputSpec):
     template = File(exists=True, mandatory=True)
     template_mask = File(exists=True, mandatory=True)
+    template_wm = File(exists=True, mandatory=True)
+    template_gm = File(exists=True, mandatory=True)
     warped_t1w = File(exists=True, mandatory=True)
-    warped_mask = File(exists=True, mandatory=True)
+    warped_wm = File(
+        exists=True, mandatory=True, desc="subject's own WM class on the template grid"
+    )
+    warped_gm = File(
+        exists=True, mandatory=True, desc="subject's own GM class on the template grid"
+    )
     forward_transform = File(exists=True, mandatory=True)
-    options = traits.Dict(desc="AnatOptions as a dict (QC thresholds)")
+    segmentation_report = File(exists=True, desc="JSON of the tissue step (method, failure)")
+    options = traits.Dict(desc="the qc_* AnatOptions")
     subject = traits.Str(mandatory=True)
 
 
@@ -280,14 +354,14 @@ class _QCOutputSpec(TraitedSpec):
 
 
 class RegistrationQC(SimpleInterface):
-    """Registration QC metrics and their verdict (:mod:`pipeline.anat.qc`); never raises on failure."""
+    """Registration QC record and verdict (:func:`pipeline.anat.qc.qc_record`); never raises on failure."""
 
     input_spec = _QCInputSpec
     output_spec = _QCOutputSpec
 
     def _run_interface(self, runtime):
         from pipeline.anat.options import AnatOptions
-        from pipeline.anat.qc import QC_COLUMNS, qc_failures, registration_qc
+        from pipeline.anat.qc import qc_record, qc_table, registration_qc
 
         options = (
             AnatOptions(**self.inputs.options) if isdefined(self.inputs.options) else AnatOptions()
@@ -296,104 +370,20 @@ class RegistrationQC(SimpleInterface):
             nib.load(self.inputs.template),
             nib.load(self.inputs.template_mask),
             nib.load(self.inputs.warped_t1w),
-            nib.load(self.inputs.warped_mask),
-            self.inputs.forward_transform,
+            warped_wm=nib.load(self.inputs.warped_wm),
+            template_wm=nib.load(self.inputs.template_wm),
+            forward=self.inputs.forward_transform,
+            warped_gm=nib.load(self.inputs.warped_gm),
+            template_gm=nib.load(self.inputs.template_gm),
         )
-        failures = qc_failures(metrics, options)
-        record = {
-            "subject": self.inputs.subject,
-            **{k: round(metrics[k], 6) for k in QC_COLUMNS},
-            "passed": not failures,
-            "failures": failures,
-            "thresholds": {
-                k: getattr(options, k)
-                for k in ("qc_min_mi", "qc_min_rank_corr", "qc_min_dice", "qc_max_folding")
-            },
-        }
-        header = "\t".join(["participant_id", *QC_COLUMNS, "passed"])
-        row = "\t".join(
-            [
-                f"sub-{self.inputs.subject}",
-                *(f"{metrics[k]:.6g}" for k in QC_COLUMNS),
-                str(not failures).lower(),
-            ]
+        segmentation = (
+            json.loads(Path(self.inputs.segmentation_report).read_text())
+            if isdefined(self.inputs.segmentation_report)
+            else None
         )
-        self._results["out_tsv"] = str(
-            write_text(_out(runtime, "qc.tsv"), header + "\n" + row + "\n")
-        )
+        record = qc_record(metrics, options, self.inputs.subject, segmentation)
+        self._results["out_tsv"] = str(write_text(_out(runtime, "qc.tsv"), qc_table(record)))
         self._results["out_json"] = str(write_json(_out(runtime, "qc.json"), record))
-        self._results["passed"] = not failures
-        self._results["failures"] = failures
-        return runtime
-
-
-# --------------------------------------------------------------------------- sink
-class _DerivativesDataSinkInputSpec(BaseInterfaceInputSpec):
-    base_directory = traits.Str(mandatory=True, desc="root of the derivatives dataset")
-    subject = traits.Str(mandatory=True)
-    in_file = File(exists=True, mandatory=True)
-    datatype = traits.Str("anat", usedefault=True)
-    suffix = traits.Str(mandatory=True)
-    space = traits.Str()
-    res = traits.Either(traits.Int, traits.Str)
-    desc = traits.Str()
-    label = traits.Str()
-    xfm_from = traits.Str(desc="BIDS 'from' entity")
-    xfm_to = traits.Str(desc="BIDS 'to' entity")
-    mode = traits.Str()
-    meta_dict = traits.Dict(desc="JSON sidecar content (none is written for .json files)")
-
-
-class _DerivativesDataSinkOutputSpec(TraitedSpec):
-    out_file = File(exists=True)
-    out_meta = File(desc="the JSON sidecar")
-
-
-def _extension(path: str) -> str:
-    name = Path(path).name
-    for ext in (".nii.gz", ".tsv.gz"):
-        if name.endswith(ext):
-            return ext
-    return Path(path).suffix
-
-
-class DerivativesDataSink(SimpleInterface):
-    """Copy a result into the BIDS-Derivatives dataset under its BIDS name, with a JSON sidecar.
-
-    Writes are atomic (:func:`pipeline.io.atomic_path`): a crash never leaves a partial file.
-    """
-
-    input_spec = _DerivativesDataSinkInputSpec
-    output_spec = _DerivativesDataSinkOutputSpec
-    _always_run = True  # a cached sink would not rewrite a deleted output
-
-    def _run_interface(self, runtime):
-        from pipeline.bids_names import derivative_path
-
-        def opt(name):
-            value = getattr(self.inputs, name)
-            return value if isdefined(value) else None
-
-        ext = _extension(self.inputs.in_file)
-        dest = derivative_path(
-            self.inputs.base_directory,
-            self.inputs.subject,
-            self.inputs.datatype,
-            suffix=self.inputs.suffix,
-            extension=ext,
-            space=opt("space"),
-            res=opt("res"),
-            desc=opt("desc"),
-            label=opt("label"),
-            from_=opt("xfm_from"),
-            to=opt("xfm_to"),
-            mode=opt("mode"),
-        )
-        with atomic_path(dest) as tmp:
-            shutil.copyfile(self.inputs.in_file, tmp)
-        self._results["out_file"] = str(dest)
-        if ext != ".json":
-            meta = dict(self.inputs.meta_dict) if isdefined(self.inputs.meta_dict) else {}
-            sidecar = dest.with_name(dest.name[: -len(ext)] + ".json")
-            self._results["out_meta"] = str(write_json(sidecar, meta))
+        self._results["passed"] = record["passed"]
+        self._results["failures"] = record["failures"]
         return runtime
