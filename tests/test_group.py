@@ -16,12 +16,19 @@ from pipeline.group import run_group
 from pipeline.io import write_json, write_text
 from pipeline.outputs import failure_path, status_path
 
+PLANTED = {"centre_mm": [30.0, -20.0, 10.0], "sigma_mm": 6.0}
 
-def _fake_dataset(tmp_path, rng, n_per_site=4, sites=("siteA", "siteB")):
-    """A BIDS participants table and template-space GM maps with a planted site shift."""
+
+def _fake_dataset(tmp_path, rng, n_per_site=4, sites=("siteA", "siteB"), atrophy=0.0):
+    """A BIDS participants table and template-space GM maps with a planted site shift (and, with
+    ``atrophy``, ASD subjects' GM lowered by that fraction in a Gaussian at ``PLANTED``)."""
     bids, out = tmp_path / "bids", tmp_path / "out"
     template = load_template(2)
     gm = template.gm.get_fdata().astype(np.float32)
+    ijk = np.indices(gm.shape).reshape(3, -1).T
+    xyz = nib.affines.apply_affine(template.t1w.affine, ijk).reshape(*gm.shape, 3)
+    r2 = ((xyz - np.asarray(PLANTED["centre_mm"])) ** 2).sum(-1)
+    loss = (1 - atrophy * np.exp(-r2 / (2 * PLANTED["sigma_mm"] ** 2))).astype(np.float32)
     rows = []
     for s, site in enumerate(sites):
         for j in range(n_per_site):
@@ -35,7 +42,9 @@ def _fake_dataset(tmp_path, rng, n_per_site=4, sites=("siteA", "siteB")):
                     "diagnosis": ["ASD", "TDC"][j % 2],
                 }
             )
-            data = gm * (1.0 + 0.3 * s) + 0.2 * s + rng.normal(0, 0.02, gm.shape).astype(np.float32)
+            anatomy = gm * loss if j % 2 == 0 else gm  # ASD: j even
+            noise = rng.normal(0, 0.02, gm.shape).astype(np.float32)
+            data = anatomy * (1.0 + 0.3 * s) + 0.2 * s + noise
             path = derivative_path(
                 out, sub, "anat", space="MNI152NLin2009aSym", res=2, label="GM", suffix="probseg"
             )
@@ -43,7 +52,36 @@ def _fake_dataset(tmp_path, rng, n_per_site=4, sites=("siteA", "siteB")):
             nib.save(nib.Nifti1Image(data, template.t1w.affine), path)
             write_json(status_path(out, sub), {"status": "ok"})
     write_text(bids / "participants.tsv", pd.DataFrame(rows).to_csv(sep="\t", index=False))
+    write_json(bids / "sourcedata" / "groundtruth" / "diagnosis_effect.json", PLANTED)
     return bids, out, [r["participant_id"][4:] for r in rows]
+
+
+@pytest.mark.parametrize("atrophy", [0.5, 0.0])
+def test_planted_gm_difference_is_found_where_it_is_before_and_after_combat(tmp_path, rng, atrophy):
+    """The group difference map peaks at the planted atrophy, is weak elsewhere, and ComBat keeps
+    it; with nothing planted (the negative control) the same measures say so."""
+    bids, out, subjects = _fake_dataset(tmp_path, rng, n_per_site=6, atrophy=atrophy)
+    config = load_config(None)
+    config.gauge.features = ["gm_voxelwise"]
+    config.gauge.qc_permutations = 0
+    config.gauge.qc_max_features = 200
+    assert run_group(bids, out, subjects, config) == 0
+    summary = json.loads((out / "group" / "gm_difference" / "summary.json").read_text())
+    for name in ("raw", "harmonized"):
+        entry = summary[name]
+        assert entry["contrast"] == "TDC - ASD" and entry["n"] == {"ASD": 6, "TDC": 6}
+        rec = entry["recovery"]
+        if atrophy:
+            assert rec["centroid_distance_mm"] < 6, (name, rec)
+            assert rec["peak_distance_mm"] < 2.5 * PLANTED["sigma_mm"], (name, rec)
+            assert rec["specificity"] > 4 and rec["top_fraction_inside"] > 0.6, (name, rec)
+            assert entry["peak_t"] > 1.5  # TDC - ASD > 0: the ASD group lost grey matter
+        else:
+            assert rec["specificity"] < 1.5 and rec["top_fraction_inside"] < 0.3, (name, rec)
+    if atrophy:  # the site variance gone, the same effect stands out more, at the same place
+        assert summary["harmonized"]["peak_t"] > 2 * summary["raw"]["peak_t"]
+    tmap = nib.load(out / summary["harmonized"]["tmap"])
+    assert tmap.shape == load_template(2).mask.shape
 
 
 def test_group_harmonizes_gm_maps_and_lists_failures(tmp_path, rng):

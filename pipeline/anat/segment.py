@@ -107,7 +107,9 @@ def initial_brain_mask(
     """
     warped = warp_image(template_mask, t1w, inverse).get_fdata() > 0.5
     data = np.asarray(t1w.get_fdata(dtype=np.float32))
-    head = ndimage.binary_dilation(foreground_mask(data), iterations=2)
+    # the margin grows into the head only: background (a skull-stripped or defaced image, or air)
+    # would be a fourth class that Atropos has no room for
+    head = ndimage.binary_fill_holes(foreground_mask(data))
     grown = ndimage.binary_dilation(warped, structure=_ball(_voxels(margin_mm, t1w)))
     mask = _largest_component(ndimage.binary_fill_holes(grown & head))
     return _image(mask.astype(np.uint8), t1w)
@@ -143,8 +145,16 @@ def _atropos(
     else:
         init = [nib_to_ants(nib.Nifti1Image(p * mask, t1w.affine)) for p in priors]
         weight = prior_weight
+    # r=0: Atropos's constant internal seed (its default seeds from the clock), so the same
+    # image gives the same segmentation
     seg = ants.atropos(
-        a=nib_to_ants(t1w), x=amask, i=init, m=mrf, c=f"[{iterations},0]", priorweight=weight
+        a=nib_to_ants(t1w),
+        x=amask,
+        i=init,
+        m=mrf,
+        c=f"[{iterations},0]",
+        priorweight=weight,
+        r=0,
     )
     return [np.asarray(p.numpy(), dtype=np.float32) for p in seg["probabilityimages"]]
 

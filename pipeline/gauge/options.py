@@ -65,6 +65,14 @@ class GaugeOptions(StrictOptions):
     fc_strategy: Literal[
         "filt_global", "filt_noglobal", "nofilt_global", "nofilt_noglobal", "minimal"
     ] = Field("filt_noglobal", description="Denoising strategy of the FC edges.")
+    difference_column: str | None = Field(
+        "diagnosis",
+        description="participants.tsv column with two groups whose voxel-wise GM difference map "
+        "(Welch t) the group stage writes before and after harmonization (null: none).",
+    )
+    difference_fwhm_mm: float = Field(
+        6.0, ge=0, description="Gaussian smoothing (FWHM, mm) of the GM maps of the difference map."
+    )
     qc_splits: int = Field(5, ge=2, description="Folds of the site-prediction cross-validation.")
     qc_permutations: int = Field(
         200, ge=0, description="Permutations for the site-prediction p-value."

@@ -113,3 +113,23 @@ def training_curves_figure(
     axes[0, 0].legend(fontsize=7)
     fig.tight_layout()
     return save_figure(fig, out, html_dir, "Training curves of the trained models.")
+
+
+def difference_map_figure(
+    tmaps: dict[str, Path], centre_mm, out: Path, html_dir: Path, caption: str
+) -> Figure:
+    """Orthogonal slices of each GM difference t-map through ``centre_mm`` (one row per map)."""
+    from nilearn import plotting
+
+    fig, axes = plt.subplots(len(tmaps), 1, figsize=(8, 2.6 * len(tmaps)), squeeze=False)
+    for ax, (name, path) in zip(axes[:, 0], tmaps.items(), strict=True):
+        plotting.plot_stat_map(
+            str(path),
+            cut_coords=tuple(centre_mm),
+            axes=ax,
+            title=name,
+            colorbar=True,
+            draw_cross=True,
+            annotate=False,
+        )
+    return save_figure(fig, out, html_dir, caption)

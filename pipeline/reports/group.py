@@ -212,6 +212,11 @@ def _harmonization(
         )
         if p.exists()
     ]
+    difference = _gm_difference(output_dir, fig_dir)
+    if difference is not None:
+        tables.append(difference[0])
+        if difference[1] is not None:
+            figures.append(difference[1])
     feature_sets = _feature_sets(hdir)
     if feature_sets is not None:
         tables.insert(0, frame_table(feature_sets, "Harmonized feature sets"))
@@ -343,6 +348,56 @@ def _models(output_dir: Path, fig_dir: Path) -> tuple[dict | None, list[Figure],
     vae = _vae_section(vae_runs, output_dir / "group")
     all_figs = figs + (vae["figures"] if vae else [])
     return {"table": table, "figures": figs, "vae": vae}, all_figs, names
+
+
+def _gm_difference(output_dir: Path, fig_dir: Path) -> tuple[dict, Figure | None] | None:
+    """Table (and slices) of the GM group difference maps, with the planted effect's recovery."""
+    from pipeline.reports._group_figures import difference_map_figure
+
+    path = output_dir / "group" / "gm_difference" / "summary.json"
+    if not path.exists():
+        return None
+    summary = _read(path)
+    rows, tmaps, centre = [], {}, None
+    for name in ("raw", "harmonized"):
+        entry = summary.get(name) or {}
+        if entry.get("status") != "ok":
+            continue
+        rec = entry.get("recovery", {})
+        centre = entry.get("planted_centre_mm", centre)
+        rows.append(
+            {
+                "maps": name,
+                "contrast": entry.get("contrast"),
+                "n": " / ".join(f"{k} {v}" for k, v in entry.get("n", {}).items()),
+                "peak t": entry.get("peak_t"),
+                "peak (mm)": ", ".join(f"{v:.0f}" for v in entry.get("peak_mm", [])),
+                "peak to planted (mm)": rec.get("peak_distance_mm"),
+                "top-0.5% centroid to planted (mm)": rec.get("centroid_distance_mm"),
+                "|t| inside / outside": rec.get("specificity"),
+                "top 0.5% inside": rec.get("top_fraction_inside"),
+            }
+        )
+        tmaps[f"{name} GM: {entry.get('contrast')}"] = output_dir / entry["tmap"]
+    if not rows:
+        return None
+    frame = pd.DataFrame(rows).dropna(axis=1, how="all")
+    title = "Grey-matter group difference" + (
+        " (planted effect: distances to its centre)" if centre is not None else ""
+    )
+    figure = None
+    try:
+        figure = difference_map_figure(
+            tmaps,
+            centre or [0, 0, 0],
+            fig_dir / "gm_difference.png",
+            output_dir / "group",
+            "Welch t-maps of the GM maps before and after harmonization"
+            + (", cut through the planted effect's centre." if centre is not None else "."),
+        )
+    except Exception as exc:  # noqa: BLE001 - a figure problem never costs the table
+        logger.warning("GM difference figure skipped: %s", exc)
+    return frame_table(frame, title), figure
 
 
 def build_group_report(output_dir: Path) -> Path:

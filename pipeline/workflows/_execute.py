@@ -111,6 +111,8 @@ def run_workflow(wf: pe.Workflow, *, work_dir: Path, nprocs: int, what: str) -> 
         "stop_on_first_crash": "true" if EXECUTION.stop_on_first_crash else "false",
         "remove_unnecessary_outputs": "false",
         "hash_method": "content",
+        # MultiProc polls every 2 s by default: on a chain of small nodes that is most of the run
+        "poll_sleep_duration": "0.05",
     }
     plugin, args = plugin_settings(nprocs)
     start = time.time() - 1.0
