@@ -40,8 +40,10 @@ demo: install demo-data
 		--cores $(CORES) --keep-going --rerun-incomplete --printshellcmds
 	@echo "Outputs: demo/derivatives (per-subject derivatives, logs/, group/)"
 
+# the test suite and every docstring example of the package (--doctest-modules)
 test: install
-	$(BIN)/python -m pytest -q --timeout=900 -m "not cluster"
+	$(BIN)/python -m pytest -q --timeout=900 -m "not cluster" tests
+	$(BIN)/python -m pytest -q --timeout=300 --doctest-modules pipeline
 
 # a single-node SLURM on localhost (Debian packages), the tiny demo through it, then stop it
 test-cluster: install

@@ -22,7 +22,8 @@ import torch
 
 from benchmarks._results import machine_line, write_section
 from pipeline.models import MODEL_NAMES, build_model, n_parameters
-from pipeline.models.training import _autocast, select_device
+from pipeline.models.device import autocast as _autocast
+from pipeline.models.device import select_device
 
 logger = logging.getLogger("benchmarks.models_throughput")
 

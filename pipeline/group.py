@@ -138,6 +138,7 @@ def _gm_difference(
             "peak_mm": diff.peak_mm,
             "peak_t": diff.peak_t,
             "tmap": str(path.relative_to(output_dir)),
+            "left_out": diff.left_out or {},
         }
         if truth:
             entry["recovery"] = recovery(diff, mask, truth["centre_mm"], truth["sigma_mm"])
@@ -221,9 +222,9 @@ def _harmonize_voxelwise(
     """Voxel-wise ComBat of the template-space GM maps (``kind="gm"``) or T1w (``"t1w"``)."""
     from pipeline.dask_cluster import dask_client
     from pipeline.data.templates import load_template
-    from pipeline.gauge._run import _train_mask
-    from pipeline.gauge._voxelwise import IntensityNormalizer, run_voxelwise_harmonization
+    from pipeline.gauge._voxelwise import run_voxelwise_harmonization, t1w_normalizer
     from pipeline.group_features import gm_maps, t1w_maps
+    from pipeline.outputs import TEMPLATE
 
     res = config.anat.resolution
     mask = load_template(res).mask
@@ -234,23 +235,12 @@ def _harmonize_voxelwise(
             "reason": f"no template-space {kind.upper()} maps from two sites",
         }
     parts = participants.loc[list(maps)]
-    normalize, entities, suffix = None, f"space-MNI152NLin2009aSym_res-{res}", "T1w"
+    normalize, entities, suffix = None, f"space-{TEMPLATE}_res-{res}", "T1w"
     if kind == "gm":
         entities, suffix = f"{entities}_label-GM", "probseg"
-    elif config.gauge.intensity_method != "none":
-        nyul = None
+    else:
         mask_data = np.asarray(mask.get_fdata()) > 0.5
-        if config.gauge.intensity_method == "nyul":  # fitted on the training subjects only
-            import nibabel as nib
-
-            from pipeline.gauge import NyulStandardizer
-
-            train = [s for s, t in zip(maps, _train_mask(parts, config.gauge), strict=True) if t]
-            nyul = NyulStandardizer().fit(
-                [np.asarray(nib.load(maps[s]).dataobj, dtype=np.float32) for s in train],
-                [mask_data] * len(train),
-            )
-        normalize = IntensityNormalizer(config.gauge.intensity_method, mask_data, nyul)
+        normalize = t1w_normalizer(maps, parts, config.gauge, mask_data)
     work = Path(config.work_dir) if config.work_dir else output_dir.parent / "work"
     with dask_client(config.dask) as client:
         result = run_voxelwise_harmonization(

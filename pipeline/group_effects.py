@@ -37,6 +37,8 @@ class GroupDifference:
     counts: tuple[int, int]
     peak_mm: tuple[float, float, float]
     peak_t: float
+    #: subjects whose map could not be used, with the one-line reason
+    left_out: dict[str, str] | None = None
 
 
 def _smooth(volume: np.ndarray, fwhm_mm: float, zooms) -> np.ndarray:
@@ -80,10 +82,19 @@ def group_difference(
     sums = {lv: np.zeros(m.sum()) for lv in levels}
     squares = {lv: np.zeros(m.sum()) for lv in levels}
     counts = dict.fromkeys(levels, 0)
+    left_out: dict[str, str] = {}
     for sub in subjects:
-        data = np.asarray(nib.load(maps[sub]).dataobj, dtype=np.float64)
+        try:
+            data = np.asarray(nib.load(maps[sub]).dataobj, dtype=np.float64)
+        except (OSError, EOFError, ValueError, nib.filebasedimages.ImageFileError) as exc:
+            left_out[sub] = f"{maps[sub]}: unreadable ({type(exc).__name__})"
+            continue
         if data.shape[:3] != m.shape:
-            raise ValueError(f"{maps[sub]}: grid {data.shape} differs from the mask's {m.shape}")
+            left_out[sub] = f"{maps[sub]}: grid {data.shape} differs from the mask's {m.shape}"
+            continue
+        if not np.isfinite(data[m]).all():
+            left_out[sub] = f"{maps[sub]}: NaN or Inf inside the brain mask"
+            continue
         values = _smooth(data, fwhm_mm, zooms)[m]
         level = str(groups[sub])
         sums[level] += values

@@ -297,13 +297,13 @@ def test_flags_reach_the_participant_run(tiny_bids, tmp_path, monkeypatch, fresh
     monkeypatch.setattr(participant, "run_participants", fake_run_participants)
     argv = [str(tiny_bids), str(tmp_path / "out"), "participant", "--nthreads", "3"]
     argv += ["--omp-nthreads", "2", "--mem", "6GB", "--low-mem", "--stop-on-first-crash"]
-    argv += ["--bids-filter-file", str(filters), "--boilerplate-only", "--random-seed", "4"]
+    argv += ["--bids-filter-file", str(filters), "--random-seed", "4"]
     assert main(argv) == 0
     assert seen["nprocs"] == 3 and seen["omp_env"] == "2"
     assert seen["config"].mem_gb == pytest.approx(6.0) and seen["config"].seed == 4
     settings = seen["settings"]
     assert settings["memory_gb"] == pytest.approx(6.0) and settings["omp_nthreads"] == 2
-    assert settings["low_mem"] and settings["stop_on_first_crash"] and settings["boilerplate_only"]
+    assert settings["low_mem"] and settings["stop_on_first_crash"]
     assert settings["bids_filters"] == {
         "bold": {"task": "rest", "run": [1, 2]},
         "t1w": {"run": None},
@@ -435,3 +435,28 @@ def test_verbosity_reaches_nipype(verbose, level):
     finally:
         setup_logging(0)
         _tame_nipype_logging()
+
+
+def test_boilerplate_only_writes_the_methods_and_runs_nothing(tiny_bids, tmp_path):
+    out = tmp_path / "out"
+    code = main(
+        [
+            str(tiny_bids),
+            str(out),
+            "participant",
+            "--boilerplate-only",
+            "-w",
+            str(tmp_path / "work"),
+            "--skip-bids-validation",
+        ]
+    )
+    assert code == 0
+    text = (out / "logs" / "CITATION.md").read_text()
+    assert "Atropos" in text and "prior weight 0.1" in text and "## References" in text
+    assert "[6] Avants BB, Tustison NJ" in text  # the Atropos paper, numbered as cited
+    assert not list(out.glob("sub-*"))  # nothing was processed
+    assert list((out / "logs").glob("config-participant-*.yaml"))  # the resolved configuration
+    description = json.loads((out / "dataset_description.json").read_text())
+    assert description["GeneratedBy"][0]["CodeURL"].startswith("https://")
+    assert description["SourceDatasets"][0]["URI"] == "bids:raw:"
+    assert (out / ".bidsignore").read_text().startswith("logs/")

@@ -85,6 +85,9 @@ def test_planted_gm_difference_is_found_where_it_is_before_and_after_combat(tmp_
 
 
 def test_group_harmonizes_gm_maps_and_lists_failures(tmp_path, rng):
+    from pipeline.gauge import ComBat
+    from pipeline.group_features import gm_features
+
     bids, out, subjects = _fake_dataset(tmp_path, rng)
     # one subject failed upstream: it is reported and left out
     status_path(out, subjects[-1]).unlink()
@@ -94,15 +97,64 @@ def test_group_harmonizes_gm_maps_and_lists_failures(tmp_path, rng):
     config.gauge.qc_max_features = 200
     code = run_group(bids, out, subjects, config)
     assert code == 1  # a subject was left out
+    usable = subjects[:-1]
+
+    # the status table: every subject, in order, with the failing stage and its error
     status = pd.read_csv(
         out / "group" / "participants_status.tsv", sep="\t", index_col=0, dtype={"participant": str}
-    )
-    assert status.loc[subjects[-1], "status"] == "failed"
+    ).fillna("")
+    assert list(status.index) == subjects
+    assert status.loc[subjects[-1]].to_dict() == {
+        "status": "failed",
+        "stage": "anat",
+        "error": "QC failed",
+    }
+    assert status.loc[usable, "status"].eq("ok").all()
+    assert status.loc[usable, ["stage", "error"]].eq("").all().all()
     summary = json.loads((out / "group" / "group_summary.json").read_text())
-    assert summary["left_out"] == [subjects[-1]] and summary["n_usable"] == len(subjects) - 1
-    assert summary["stages"]["harmonization"]["status"] == "ok"
-    written = {p.name for p in (out / "group" / "harmonization").iterdir()}
-    assert any(name.endswith(".npz") for name in written), written
+    assert summary["left_out"] == [subjects[-1]] and summary["n_usable"] == len(usable)
+    stage = summary["stages"]["harmonization"]
+    assert stage["status"] == "ok" and stage["gm_voxelwise"]["status"] == "ok"
+    # what had no input says so (no T1w maps, no FC matrices in this dataset)
+    assert stage["t1w_voxelwise"]["reason"] == "no template-space T1W maps from two sites"
+    assert stage["fc"]["reason"] == "no FC matrices from two sites"
+
+    # the regional GM features: those of the usable subjects' maps, and nobody else's
+    hdir = out / "group" / "harmonization"
+    original = pd.read_csv(
+        hdir / "desc-original_features.tsv", sep="\t", index_col=0, dtype={"participant_id": str}
+    )
+    harmonized = pd.read_csv(
+        hdir / "desc-harmonized_features.tsv", sep="\t", index_col=0, dtype={"participant_id": str}
+    )
+    assert list(original.index) == list(harmonized.index) == usable
+    assert list(harmonized.columns) == list(original.columns)
+    expected = gm_features(out, usable, 2, config.gauge.regional_block_mm)
+    np.testing.assert_allclose(original.to_numpy(), expected.to_numpy(), rtol=1e-6, atol=1e-7)
+    # the planted site shift (gain 1.3, offset 0.2) is gone; each subject's anatomy stays
+    participants = pd.read_csv(bids / "participants.tsv", sep="\t", dtype=str)
+    participants = participants.set_index(participants["participant_id"].str[4:]).loc[usable]
+    site_a = participants["site"].eq("siteA").to_numpy()
+
+    def site_gap(x: np.ndarray) -> float:
+        return float(np.abs(x[site_a].mean(0) - x[~site_a].mean(0)).mean())
+
+    assert site_gap(original.to_numpy()) > 0.2
+    assert site_gap(harmonized.to_numpy()) < 0.05 * site_gap(original.to_numpy())
+    for sub in usable:
+        r = np.corrcoef(original.loc[sub], harmonized.loc[sub])[0, 1]
+        assert r > 0.99, (sub, r)
+    # the saved model is the one that harmonized them
+    covariates = participants[["age", "sex"]].astype({"age": float}).reset_index(drop=True)
+    again = ComBat.load(hdir / "combat_model.npz").transform(
+        original.to_numpy(), participants["site"].tolist(), covariates
+    )
+    np.testing.assert_allclose(again, harmonized.to_numpy(), rtol=1e-6, atol=1e-8)
+    # its QC: sites predictable before, not after, on the usable subjects only
+    qc = json.loads((hdir / "qc.json").read_text())
+    assert qc["n_subjects"] == len(usable) and sorted(qc["sites"]) == ["siteA", "siteB"]
+    before, after = (qc["site_prediction"][k]["balanced_accuracy"] for k in ("before", "after"))
+    assert before > 0.9 and after < 0.75, qc["site_prediction"]
 
 
 def test_group_skips_harmonization_with_one_site(tmp_path, rng):

@@ -19,6 +19,14 @@ _MEM = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([kmgt]?)(i?)(b?)\s*$", re.IGNOR
 _SCALE_MB = {"k": 1e-3, "m": 1.0, "g": 1e3, "t": 1e6}
 
 
+def _write_citation(output_dir: Path, config) -> Path:
+    """``logs/CITATION.md``: the methods boilerplate of this configuration, with references."""
+    from pipeline.io import write_text
+    from pipeline.reports._methods import boilerplate, citation_markdown
+
+    return write_text(output_dir / "logs" / "CITATION.md", citation_markdown(boilerplate(config)))
+
+
 def _save_run_config(output_dir: Path, config, level: str) -> Path:
     """The resolved configuration of this run, ``logs/config-{level}-{time}.yaml`` (every run kept)."""
     import time
@@ -193,6 +201,11 @@ def run(args: argparse.Namespace) -> int:
     subjects = select_participants(layout, config.participant_label)
     init_derivatives(output_dir, bids_dir, {"seed": config.seed})
     _save_run_config(output_dir, config, args.analysis_level)
+    if args.analysis_level == "participant":
+        citation = _write_citation(output_dir, config)
+        if getattr(args, "boilerplate_only", False):
+            print(f"symprep: methods boilerplate written to {citation}")
+            return 0
     logger.info(
         "%d processes, %d threads each, memory limit %s",
         nprocs,

@@ -9,10 +9,17 @@ from pipeline.gauge._intensity import (
     whitestripe_normalize,
     zscore_normalize,
 )
-from pipeline.gauge._persist import load_model, save_model
+from pipeline.gauge._persist import save_model
 from pipeline.gauge._qc import biology_kept, effect_maps, site_prediction
+from pipeline.gauge._registry import build_harmonizer, register_harmonizer
 from pipeline.gauge._run import run_harmonization
 from pipeline.gauge.options import GaugeOptions
+
+
+def load_model(path) -> ComBat:
+    """Read a :class:`ComBat` model written by :func:`save_model` (same as ``ComBat.load``)."""
+    return ComBat.load(path)
+
 
 __all__ = [
     "ComBat",
@@ -22,6 +29,8 @@ __all__ = [
     "UnseenSiteError",
     "NyulStandardizer",
     "biology_kept",
+    "build_harmonizer",
+    "register_harmonizer",
     "effect_maps",
     "fcm_normalize",
     "load_model",

@@ -27,7 +27,6 @@ training mean of the covariate effects).
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -46,17 +45,11 @@ from pipeline.gauge._design import (
     site_index,
     site_levels,
 )
+from pipeline.gauge._design import hash_mask as _hash_mask
 from pipeline.gauge._errors import CovariateError, HarmonizationError, UnseenSiteError
 from pipeline.gauge._stream import FeatureBlocks, Workspace, is_dask, map_feature_blocks
 
 log = logging.getLogger(__name__)
-
-
-def _hash_mask(mask: np.ndarray) -> str:
-    """SHA-256 of a boolean feature mask (its length and packed bits)."""
-    h = hashlib.sha256(str(mask.shape[0]).encode())
-    h.update(np.packbits(mask.astype(bool)).tobytes())
-    return h.hexdigest()
 
 
 class ComBat(BaseEstimator):
@@ -514,4 +507,4 @@ class ComBat(BaseEstimator):
         """Read a model written by :meth:`save`; see :func:`load_model`."""
         from pipeline.gauge._persist import load_model
 
-        return load_model(path)
+        return load_model(path, cls)

@@ -201,3 +201,12 @@ def site_design(site_idx: np.ndarray, n_sites: int, ref_level: int | None) -> np
     if ref_level is not None:
         onehot[:, ref_level] = 1.0
     return onehot
+
+
+def hash_mask(mask: np.ndarray) -> str:
+    """SHA-256 of a boolean feature mask (its length and packed bits)."""
+    import hashlib
+
+    h = hashlib.sha256(str(mask.shape[0]).encode())
+    h.update(np.packbits(mask.astype(bool)).tobytes())
+    return h.hexdigest()

@@ -13,15 +13,18 @@ import hashlib
 import io
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 import pipeline
-from pipeline.gauge._combat import ComBat, _hash_mask
 from pipeline.gauge._design import CovariateEncoding
+from pipeline.gauge._design import hash_mask as _hash_mask
 from pipeline.gauge._errors import HarmonizationError
 from pipeline.io import atomic_path, read_json, write_json
+
+if TYPE_CHECKING:  # the model class is passed in: this module never imports it (no cycle)
+    from pipeline.gauge._combat import ComBat
 
 #: version of the on-disk layout; bump when arrays or sidecar keys change meaning
 FORMAT_VERSION = 1
@@ -82,8 +85,9 @@ def save_model(model: ComBat, path: str | os.PathLike[str]) -> Path:
     return path
 
 
-def load_model(path: str | os.PathLike[str]) -> ComBat:
-    """Read a model written by :func:`save_model`, checking its version and integrity."""
+def load_model(path: str | os.PathLike[str], cls: type[ComBat]) -> ComBat:
+    """Read a model written by :func:`save_model` into a new ``cls`` (:class:`ComBat`),
+    checking its version and integrity. ``ComBat.load(path)`` is the usual way in."""
     path = Path(path)
     if not path.exists():
         raise HarmonizationError("ComBat model file does not exist", path)
@@ -99,7 +103,7 @@ def load_model(path: str | os.PathLike[str]) -> ComBat:
     data = path.read_bytes()
     if hashlib.sha256(data).hexdigest() != meta["arrays_sha256"]:
         raise HarmonizationError("arrays do not match the SHA-256 in the sidecar", path)
-    model = ComBat(**meta["params"])
+    model = cls(**meta["params"])
     with np.load(io.BytesIO(data)) as arrays:
         for key in _ARRAYS:
             setattr(model, key, arrays[key.rstrip("_")])

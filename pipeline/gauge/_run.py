@@ -25,6 +25,7 @@ from pipeline.gauge import _figures
 from pipeline.gauge._combat import ComBat
 from pipeline.gauge._errors import HarmonizationError
 from pipeline.gauge._qc import biology_kept, effect_maps, site_prediction
+from pipeline.gauge._registry import build_harmonizer
 from pipeline.gauge.options import GaugeOptions
 from pipeline.io import atomic_path, write_json
 
@@ -83,7 +84,7 @@ def _check_inputs(
     return participants.loc[features.index]
 
 
-def _train_mask(participants: pd.DataFrame, options: GaugeOptions) -> np.ndarray:
+def train_mask(participants: pd.DataFrame, options: GaugeOptions) -> np.ndarray:
     if options.fit_on == "all":
         return np.ones(len(participants), dtype=bool)
     if options.fit_on not in participants.columns:
@@ -96,18 +97,6 @@ def _train_mask(participants: pd.DataFrame, options: GaugeOptions) -> np.ndarray
             f"gauge.fit_on column {options.fit_on!r} must be boolean, got {col.dtype}"
         )
     return col.to_numpy(dtype=bool)
-
-
-def combat_from_options(options: GaugeOptions) -> ComBat:
-    """An unfitted :class:`ComBat` with the ``gauge:`` section's settings."""
-    return ComBat(
-        parametric=options.parametric,
-        eb=options.eb,
-        mean_only=options.mean_only,
-        ref_batch=options.ref_site,
-        block_features=options.block_features,
-        min_new_site_subjects=options.min_new_site_subjects,
-    )
 
 
 def run_harmonization(
@@ -138,11 +127,11 @@ def run_harmonization(
     """
     out_dir = Path(out_dir)
     parts = _check_inputs(features, participants, options)
-    train = _train_mask(parts, options)
+    train = train_mask(parts, options)
     X = features.to_numpy(dtype=np.float64)
     site = parts["site"].astype(str).to_numpy(dtype=object)
     cov = parts[list(options.covariates)] if options.covariates else None
-    model = combat_from_options(options)
+    model = build_harmonizer(options)
 
     def _cov(mask: np.ndarray) -> pd.DataFrame | None:
         return None if cov is None else cov[mask].reset_index(drop=True)

@@ -199,12 +199,8 @@ def run_voxelwise_harmonization(
     import dask
     import dask.array as da
 
-    from pipeline.gauge._run import (
-        _check_inputs,
-        _train_mask,
-        combat_from_options,
-        write_quality_control,
-    )
+    from pipeline.gauge._registry import build_harmonizer
+    from pipeline.gauge._run import _check_inputs, train_mask, write_quality_control
 
     subjects = list(maps)
     _check_inputs(pd.DataFrame(index=pd.Index(subjects)), participants, options)
@@ -251,11 +247,11 @@ def run_voxelwise_harmonization(
                 f"voxel-wise harmonization needs maps from two sites; {len(left_out)} bad map(s) "
                 f"left {n} subject(s) of one site (first: {next(iter(left_out.values()), '')})"
             )
-        train = _train_mask(parts, options)
+        train = train_mask(parts, options)
         site = parts["site"].astype(str).to_numpy(dtype=object)
         cov = parts[list(options.covariates)].reset_index(drop=True) if options.covariates else None
 
-        model = combat_from_options(options)
+        model = build_harmonizer(options)
         block = model.block_features or 20_000
         train_X = raw
         if not train.all():  # a lazy row selection (no copy); name given: no hashing of the file
@@ -314,3 +310,24 @@ def run_voxelwise_harmonization(
         for path in (raw_path, harm_path):
             path.unlink(missing_ok=True)
     return summary
+
+
+def t1w_normalizer(
+    maps: Mapping[str, Path], participants: pd.DataFrame, options: GaugeOptions, mask: np.ndarray
+) -> IntensityNormalizer | None:
+    """The per-image normalizer of template-space T1w maps (``gauge.intensity_method``), Nyúl's
+    standard histogram fitted on the training subjects only (None for ``"none"``)."""
+    if options.intensity_method == "none":
+        return None
+    nyul = None
+    if options.intensity_method == "nyul":
+        from pipeline.gauge import NyulStandardizer
+        from pipeline.gauge._run import train_mask
+
+        chosen = train_mask(participants.loc[list(maps)], options)
+        train = [s for s, t in zip(maps, chosen, strict=True) if t]
+        nyul = NyulStandardizer().fit(
+            [np.asarray(nib.load(maps[s]).dataobj, dtype=np.float32) for s in train],
+            [mask] * len(train),
+        )
+    return IntensityNormalizer(options.intensity_method, mask, nyul)

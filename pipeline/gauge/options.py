@@ -13,6 +13,10 @@ class GaugeOptions(StrictOptions):
     """Group gauge stage: intensity normalization and ComBat harmonization across sites."""
 
     enabled: bool = Field(True, description="Run the group gauge stage.")
+    method: str = Field(
+        "combat",
+        description="Harmonizer (a name registered in pipeline.gauge._registry: 'combat').",
+    )
     intensity_method: Literal["zscore", "whitestripe", "fcm", "nyul", "none"] = Field(
         "zscore",
         description="Per-image T1w intensity normalization inside the brain mask; 'nyul' fits its "

@@ -452,10 +452,6 @@ class _RoiOutputSpec(TraitedSpec):
     denoised_bold = File(desc="denoised 4-D BOLD of the first strategy (when asked)")
 
 
-def _strategy_label(name: str) -> str:
-    return name.replace("_", "")
-
-
 class RoiConnectivity(SimpleInterface):
     """Denoised ROI series, connectivity matrices and spectral features for every atlas × strategy.
 
@@ -467,97 +463,28 @@ class RoiConnectivity(SimpleInterface):
     output_spec = _RoiOutputSpec
 
     def _run_interface(self, runtime):
-        from pipeline.func.atlases import (
-            load_coordinate_atlas,
-            load_coordinate_file,
-            load_label_atlas,
-            roi_timeseries,
-        )
-        from pipeline.func.connectivity import MEASURES, connectivity, matrix_frame
-        from pipeline.func.denoise import denoise, get_preset
+        from pipeline.func.features import roi_features
         from pipeline.func.options import FuncOptions
-        from pipeline.func.qc import format_tsv
-        from pipeline.func.spectral import alff, amplitude_spectrum
 
         opts = (
             FuncOptions(**self.inputs.options) if isdefined(self.inputs.options) else FuncOptions()
         )
-        loaded = nib.load(self.inputs.in_file)  # read once, used by every atlas
-        img = nib.Nifti1Image(loaded.get_fdata(dtype=np.float32), loaded.affine, loaded.header)
-        mask = nib.load(self.inputs.mask)
-        tr = float(img.header.get_zooms()[3])
         conf = pd.read_csv(self.inputs.confounds, sep="\t", na_values="n/a")
-        n_drop = int(self.inputs.n_drop)
-        if n_drop:  # the volumes are gone: so are their rows and their outlier columns
-            conf = conf.iloc[n_drop:].reset_index(drop=True)
-            conf = conf.loc[:, conf.columns.map(lambda c: not c.startswith("non_steady_state"))]
-        if len(conf) != img.shape[3]:
-            raise ValueError(f"{len(conf)} confound rows for {img.shape[3]} volumes")
-        atlases = [load_coordinate_atlas(a) for a in opts.atlases]
-        atlases += [load_coordinate_file(k, v) for k, v in opts.coordinate_atlases.items()]
-        atlases += [load_label_atlas(k, v) for k, v in opts.label_atlases.items()]
-        files, ents = [], []
-
-        def emit(name: str, text: str, entities: dict) -> None:
-            files.append(str(write_text(_out(runtime, name), text)))
-            ents.append(entities)
-
-        for atlas in atlases:
-            raw = roi_timeseries(img, atlas, mask, radius_mm=opts.sphere_radius_mm)
-            for strategy in opts.denoise_strategies:
-                ok = raw.notna().all().to_numpy()
-                clean = raw.copy()
-                preset = get_preset(strategy, opts.motion_regressors)
-                if ok.any():
-                    clean.loc[:, ok] = denoise(raw.loc[:, ok].to_numpy(), conf, tr, preset)
-                desc = _strategy_label(strategy)
-                base = {"atlas": atlas.label, "desc": desc}
-                emit(
-                    f"atlas-{atlas.label}_desc-{desc}_timeseries.tsv",
-                    format_tsv(clean),
-                    {**base, "output": "roi.timeseries"},
-                )
-                for kind in opts.connectivity:
-                    mat = connectivity(clean.to_numpy(), kind, z=opts.fisher_z)
-                    meas = MEASURES[kind][1]
-                    emit(
-                        f"atlas-{atlas.label}_meas-{meas}_desc-{desc}_relmat.tsv",
-                        format_tsv(matrix_frame(mat, atlas.names), index=True),
-                        {**base, "meas": meas, "output": "roi.relmat"},
-                    )
-            # time-shift-invariant features on motion/CompCor-cleaned, unfiltered series
-            ok = raw.notna().all().to_numpy()
-            cleaned = np.full(raw.shape, np.nan)
-            if ok.any():
-                cleaned[:, ok] = denoise(raw.loc[:, ok].to_numpy(), conf, tr, "nofilt_noglobal")
-            freqs, amp = amplitude_spectrum(np.nan_to_num(cleaned), tr)
-            amp[:, ~ok] = np.nan
-            spectrum = pd.DataFrame(amp, columns=list(atlas.names))
-            spectrum.insert(0, "frequency", freqs)
-            emit(
-                f"atlas-{atlas.label}_desc-amplitude_spectrum.tsv",
-                format_tsv(spectrum),
-                {"atlas": atlas.label, "output": "roi.spectrum"},
-            )
-            a, f = alff(np.nan_to_num(cleaned), tr, tuple(opts.alff_band))
-            a[~ok], f[~ok] = np.nan, np.nan
-            feats = pd.DataFrame({"roi": list(atlas.names), "alff": a, "falff": f})
-            emit(
-                f"atlas-{atlas.label}_desc-alff_features.tsv",
-                feats.to_csv(sep="\t", index=False, na_rep="n/a", float_format="%.6g"),
-                {"atlas": atlas.label, "output": "roi.alff"},
-            )
-        if opts.write_denoised_bold and opts.denoise_strategies:
-            m = np.asarray(mask.dataobj) > 0
-            data = img.get_fdata(dtype=np.float32)
-            out = np.zeros_like(data)
-            first = get_preset(opts.denoise_strategies[0], opts.motion_regressors)
-            out[m] = denoise(data[m].T, conf, tr, first).T
+        tables, denoised = roi_features(
+            nib.load(self.inputs.in_file),
+            nib.load(self.inputs.mask),
+            conf,
+            opts,
+            n_drop=int(self.inputs.n_drop),
+        )
+        self._results["out_files"] = [
+            str(write_text(_out(runtime, t.name), t.text)) for t in tables
+        ]
+        self._results["entities"] = [t.entities for t in tables]
+        if denoised is not None:
             self._results["denoised_bold"] = str(
-                save_image(_image(out, img.affine, tr), _out(runtime, "bold_denoised.nii"))
+                save_image(denoised, _out(runtime, "bold_denoised.nii"))
             )
-        self._results["out_files"] = files
-        self._results["entities"] = ents
         return runtime
 
 

@@ -55,6 +55,7 @@ def build_model(name: str, in_channels: int, num_outputs: int, **hparams: Any) -
 
     Examples
     --------
+    >>> import torch
     >>> model = build_model("octahedral", 1, 2)
     >>> model(torch.zeros(1, 1, 17, 17, 17)).shape
     torch.Size([1, 2])

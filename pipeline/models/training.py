@@ -18,7 +18,6 @@ picks the one that fits ``options.model``.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import os
@@ -35,6 +34,8 @@ from torch.utils.data import DataLoader, Dataset
 from pipeline.errors import ConfigError
 from pipeline.io import atomic_path, write_json, write_text
 from pipeline.models._layers import n_parameters
+from pipeline.models.device import autocast as _autocast
+from pipeline.models.device import select_device
 from pipeline.models.options import ModelOptions
 from pipeline.symmetry import cube_rotations, random_rotations, rotate_cube, rotate_volume
 
@@ -51,18 +52,6 @@ __all__ = [
 ]
 
 CHECKPOINT = "checkpoint.pt"
-
-
-def select_device(preference: str = "auto") -> torch.device:
-    """``auto``: CUDA when available, otherwise CPU; ``cuda`` without a GPU is a
-    :class:`ConfigError`."""
-    if preference == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if preference == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device 'cuda' requested but no CUDA device is available (use 'auto')")
-    if preference not in ("cuda", "cpu"):
-        raise ConfigError(f"device must be 'auto', 'cuda' or 'cpu'; got {preference!r}")
-    return torch.device(preference)
 
 
 def seed_everything(seed: int) -> None:
@@ -103,13 +92,6 @@ def augment_batch(x: torch.Tensor, kind: str, rng: np.random.Generator) -> torch
             [rotate_cube(v, G[int(i)]) for v, i in zip(x, rng.integers(0, 24, len(x)), strict=True)]
         )
     raise ConfigError(f"augment must be 'none', 'so3' or 'cube'; got {kind!r}")
-
-
-def _autocast(device: torch.device, amp: bool):
-    if device.type == "cuda" and amp:
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.autocast("cuda", dtype=dtype)
-    return contextlib.nullcontext()
 
 
 def _loss(task: str, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -35,7 +35,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from pipeline.errors import SymprepError
 from pipeline.io import atomic_path
-from pipeline.models.training import _autocast
+from pipeline.models.device import autocast as _autocast
 
 __all__ = [
     "latent_traversal_figure",

@@ -22,17 +22,7 @@ from pipeline.bids_names import clean_label
 from pipeline.errors import StageError
 from pipeline.func.options import FuncOptions
 from pipeline.interfaces.bids import DerivativesDataSink, DerivativesDataSinkMany
-from pipeline.outputs import (
-    FUNC_OUTPUTS,
-    ROI_OUTPUTS,
-    TEMPLATE,
-    output_path,
-    res_label,
-    run_label,
-    source_entities,
-)
-from pipeline.workflows._execute import run_workflow
-from pipeline.workflows.func_interfaces import (
+from pipeline.interfaces.func import (
     BoldQC,
     Confounds,
     Coregister,
@@ -43,6 +33,16 @@ from pipeline.workflows.func_interfaces import (
     TemporalGauge,
     ValidateBold,
 )
+from pipeline.outputs import (
+    FUNC_OUTPUTS,
+    ROI_OUTPUTS,
+    TEMPLATE,
+    output_path,
+    res_label,
+    run_label,
+    source_entities,
+)
+from pipeline.workflows._execute import run_workflow
 
 logger = logging.getLogger(__name__)
 

@@ -16,11 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline import __version__
-from pipeline.bids import bold_files, t1w_file
+from pipeline.bids import t1w_file
 from pipeline.config import Config
 from pipeline.errors import SymprepError
 from pipeline.io import check_image, check_writable_dir, read_json, remove_stale_parts, write_json
-from pipeline.outputs import failure_path, run_label, source_entities, status_path
+from pipeline.outputs import failure_path, status_path
 
 logger = logging.getLogger(__name__)
 
@@ -89,49 +89,29 @@ def run_participant(
     outputs: dict[str, str] = {}
     try:
         from pipeline.workflows._execute import EXECUTION
+        from pipeline.workflows.stages import INPUT_CHECKS, STAGES, StageContext
 
         filters = EXECUTION.bids_filters or {}
         t1w = t1w_file(layout, subject, filters.get("t1w"))
         logger.info("sub-%s: anatomical reference %s", subject, t1w.name)
         check_image(t1w, ndim=3)
-        if config.anat.enabled and config.func.enabled:  # BOLD files checked before any work
-            bold_files(layout, subject, task=config.func.task, filters=filters.get("bold"))
-        if config.anat.enabled:
-            stage = "anat"
-            from pipeline.workflows.anat import run_anat_stage
-
-            anat_outputs = run_anat_stage(
-                t1w=t1w,
-                subject=subject,
-                output_dir=output_dir,
-                work_dir=work_dir / f"sub-{subject}",
-                options=config.anat,
-                seed=config.seed,
-                nprocs=nprocs,
-            )
-            outputs.update({f"anat.{k}": str(v) for k, v in anat_outputs.items()})
-            if config.func.enabled:
-                stage = "func"
-                from pipeline.workflows.func import run_func_stage
-
-                runs = bold_files(
-                    layout, subject, task=config.func.task, filters=filters.get("bold")
-                )
-                logger.info("sub-%s: %d BOLD run(s)", subject, len(runs))
-                for bold in runs:  # every run of every session
-                    logger.info("sub-%s: functional stage, %s", subject, bold.name)
-                    func_outputs = run_func_stage(
-                        bold=bold,
-                        subject=subject,
-                        output_dir=output_dir,
-                        work_dir=work_dir / f"sub-{subject}",
-                        options=config.func,
-                        anat=anat_outputs,
-                        seed=config.seed,
-                        nprocs=nprocs,
-                    )
-                    run = run_label(source_entities(bold))
-                    outputs.update({f"func.{run}.{k}": str(v) for k, v in func_outputs.items()})
+        context = StageContext(
+            layout, subject, Path(output_dir), Path(work_dir), config, nprocs, filters, t1w=t1w
+        )
+        enabled = [
+            s
+            for s in STAGES.values()
+            if s.enabled(config) and all(STAGES[r].enabled(config) for r in s.requires)
+        ]
+        for item in enabled:  # every input checked before any work
+            if item.name in INPUT_CHECKS:
+                INPUT_CHECKS[item.name](context)
+        for item in enabled:
+            stage = item.name
+            logger.info("sub-%s: %s stage", subject, stage)
+            result = item.run(context)
+            context.results[stage] = result
+            outputs.update({f"{stage}.{k}": str(v) for k, v in result.items()})
     except SymprepError as exc:
         return _failed(output_dir, subject, stage, str(exc), None, start)
     except Exception as exc:  # a bug: record it with its traceback, go on with other subjects
