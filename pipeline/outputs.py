@@ -26,9 +26,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.bids_names import bids_name, clean_label, parse_name
+from pipeline.data.templates import TEMPLATE_NAME
 
 #: the template every ``space-`` output is in (the one template symprep ships offline)
-TEMPLATE = "MNI152NLin2009aSym"
+TEMPLATE = TEMPLATE_NAME
 #: entities of a raw file that its derivatives keep
 SOURCE_ENTITIES = ("sub", "ses", "task", "acq", "ce", "rec", "dir", "run", "echo")
 #: entities of the T1w kept by the (subject-level) anatomical derivatives

@@ -7,14 +7,15 @@ from typing import Literal
 from pydantic import Field
 
 from pipeline._options import StrictOptions
+from pipeline.data.templates import TEMPLATE_NAME
 
 
 class AnatOptions(StrictOptions):
     """Anatomical stage: pose-robust registration of the T1w to MNI152NLin2009aSym."""
 
     enabled: bool = Field(True, description="Run the anatomical stage.")
-    template: Literal["MNI152NLin2009aSym"] = Field(
-        "MNI152NLin2009aSym",
+    template: Literal[TEMPLATE_NAME] = Field(  # type: ignore[valid-type]
+        TEMPLATE_NAME,
         description="Target template (the MNI152 2009a symmetric template nilearn ships).",
     )
     resolution: Literal[1, 2] = Field(

@@ -127,11 +127,11 @@ def _digits(index: int) -> list[int]:
 
 
 def pose_matrix(rotation: np.ndarray, translation: np.ndarray, centre: np.ndarray) -> np.ndarray:
-    """4×4 RAS matrix mapping template points to scanner points: :math:`p = R(x-c)+c+t`."""
-    mat = np.eye(4)
-    mat[:3, :3] = rotation
-    mat[:3, 3] = centre + translation - rotation @ centre
-    return mat
+    """4×4 RAS matrix mapping template points to scanner points: :math:`p = R(x-c)+c+t`
+    (:func:`pipeline.anat.synthetic.rigid_about`, argument order of the demo's records)."""
+    from pipeline.anat.synthetic import rigid_about
+
+    return rigid_about(rotation, centre, translation)
 
 
 def stored_grid(

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from pipeline.data.templates import TEMPLATE_NAME
+
 #: reference key → full citation
 REFERENCES = {
     "symprep": "symprep: a symmetry-aware neuroimaging preprocessing pipeline (software).",
@@ -88,7 +90,7 @@ def anat_methods(m: Methods, meta: dict[str, Any]) -> None:
         m.add(text, "n4", "ants")
     else:
         m.add(text + " (no bias-field correction)")
-    template = p.get("template", "MNI152NLin2009aSym")
+    template = p.get("template", TEMPLATE_NAME)
     start = (
         f"a pose-robust start searching {p.get('pose_n_rotations', '?')} rotations "
         if p.get("pose_search", True)

@@ -1,15 +1,3 @@
-"""Run torch single-threaded here: on a busy 2-core machine, OpenMP barriers between two threads
-make small convolutions tens of times slower than one thread."""
+"""Torch single-threaded in these tests (the fixture lives in ``tests/_torch_threads.py``)."""
 
-from __future__ import annotations
-
-import pytest
-import torch
-
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+from _torch_threads import _one_torch_thread  # noqa: F401  (autouse fixture)
