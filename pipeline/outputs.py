@@ -254,6 +254,15 @@ FUNC_OUTPUTS: dict[str, OutputSpec] = {
             entities={"from": "boldref", "to": "T1w", "mode": "image", "desc": "coreg"},
         ),
         _spec(
+            "hmc_xfm",
+            "func",
+            "xfm",
+            "Head-motion transforms, one ITK affine per volume (LPS), each mapping BOLD-reference "
+            "points to the points of that volume (fMRIPrep's from-orig_to-boldref layout).",
+            extension=".txt",
+            entities={"from": "orig", "to": "boldref", "mode": "image", "desc": "hmc"},
+        ),
+        _spec(
             "qc_tsv",
             "func",
             "qc",

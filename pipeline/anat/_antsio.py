@@ -72,6 +72,42 @@ def write_affine(matrix: np.ndarray, path: str | os.PathLike[str]) -> Path:
     return Path(path)
 
 
+def write_itk_affines(matrices: np.ndarray, path: str | os.PathLike[str]) -> Path:
+    """Write a series of 4×4 RAS fixed→moving point maps as one ITK text transform file.
+
+    The format of fMRIPrep's ``desc-hmc_xfm.txt``: ``#Insight Transform File V1.0`` and one
+    ``MatrixOffsetTransformBase_double_3_3`` block per matrix, in ITK's LPS convention (so
+    ``matrices[t]`` maps reference points to the points of volume ``t``).
+    """
+    from pipeline.io import write_text
+
+    lines = ["#Insight Transform File V1.0"]
+    for t, matrix in enumerate(np.asarray(matrices, dtype=float)):
+        lps = ras_to_lps(matrix)
+        params = [*lps[:3, :3].ravel(), *lps[:3, 3]]
+        lines += [
+            f"#Transform {t}",
+            "Transform: MatrixOffsetTransformBase_double_3_3",
+            "Parameters: " + " ".join(f"{v:.10g}" for v in params),
+            "FixedParameters: 0 0 0",
+        ]
+    return write_text(path, "\n".join(lines) + "\n")
+
+
+def read_itk_affines(path: str | os.PathLike[str]) -> np.ndarray:
+    """Read the RAS matrices of :func:`write_itk_affines` (or any ITK text file of affines with
+    zero centres) as ``(T, 4, 4)``."""
+    out = []
+    for line in Path(path).read_text().splitlines():
+        if line.startswith("Parameters:"):
+            values = np.asarray(line.split(":", 1)[1].split(), dtype=float)
+            lps = np.eye(4)
+            lps[:3, :3] = values[:9].reshape(3, 3)
+            lps[:3, 3] = values[9:12]
+            out.append(ras_to_lps(lps))  # F·M·F is its own inverse
+    return np.asarray(out)
+
+
 def read_affine(path: str | os.PathLike[str]) -> np.ndarray:
     """Read an ITK affine/rigid transform file as a 4×4 RAS fixed→moving point map."""
     tx = ants.read_transform(str(path))

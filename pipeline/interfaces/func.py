@@ -110,6 +110,9 @@ class _HeadMotionInputSpec(BaseInterfaceInputSpec):
 class _HeadMotionOutputSpec(TraitedSpec):
     params = File(exists=True, desc="TSV of the six motion parameters per volume")
     matrices = File(exists=True, desc=".npy (T, 4, 4): reference -> volume point maps (RAS)")
+    itk = File(
+        exists=True, desc="the same as one ITK text file of affines (LPS), fMRIPrep's format"
+    )
     reference = File(exists=True, desc="BOLD reference (mean of realigned volumes)")
 
 
@@ -120,6 +123,7 @@ class HeadMotion(SimpleInterface):
     output_spec = _HeadMotionOutputSpec
 
     def _run_interface(self, runtime):
+        from pipeline.anat._antsio import write_itk_affines
         from pipeline.func.motion import estimate_motion, matrices_to_frame, register_rigid
 
         img = nib.load(self.inputs.in_file)
@@ -135,6 +139,7 @@ class HeadMotion(SimpleInterface):
             )
         np.save(_out(runtime, "hmc.npy"), matrices)
         self._results["matrices"] = str(_out(runtime, "hmc.npy"))
+        self._results["itk"] = str(write_itk_affines(matrices, _out(runtime, "hmc_itk.txt")))
         self._results["params"] = str(
             write_text(
                 _out(runtime, "motion.tsv"),

@@ -157,6 +157,7 @@ def init_func_wf(
                           ("out_tsv", "qc_tsv"), ("out_json", "qc_json")]),
         (confounds, outputnode, [("out_tsv", "confounds"), ("out_json", "confounds_json")]),
         (coreg, outputnode, [("itk", "coreg_xfm")]),
+        (hmc, outputnode, [("itk", "hmc_xfm")]),
         (stc, outputnode, [("out_meta", "bold_meta")]),
         (rois, outputnode, [("out_files", "roi_files"), ("entities", "roi_entities")]),
     ])

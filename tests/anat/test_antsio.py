@@ -88,3 +88,25 @@ def test_stripped_hdf5_transforms_are_byte_identical_and_still_read(small_templa
         ants.apply_transforms(fixed, fixed, [str(p)]).numpy() for p in (tmp_path / "orig.h5", first)
     ]
     np.testing.assert_array_equal(warped[0], warped[1])
+
+
+def test_itk_affine_series_round_trips_and_matches_ants(tmp_path):
+    """The multi-transform file (fMRIPrep's hmc format) holds what ANTs' own writer holds."""
+    import ants
+    from scipy.spatial.transform import Rotation
+
+    from pipeline.anat._antsio import read_itk_affines, write_itk_affines
+
+    rng = np.random.default_rng(3)
+    mats = np.tile(np.eye(4), (3, 1, 1))
+    for m in mats:
+        m[:3, :3] = Rotation.random(random_state=rng).as_matrix()
+        m[:3, 3] = rng.normal(0, 5, 3)
+    path = write_itk_affines(mats, tmp_path / "hmc.txt")
+    np.testing.assert_allclose(read_itk_affines(path), mats, atol=1e-8)
+    # ITK itself reads a block as the same point map (RAS in, LPS for ITK)
+    one = write_itk_affines(mats[1:2], tmp_path / "one.txt")
+    point = [10.0, -20.0, 30.0]
+    ras = mats[1] @ np.array([*point, 1.0])
+    moved = ants.read_transform(str(one)).apply_to_point([-point[0], -point[1], point[2]])
+    np.testing.assert_allclose([-moved[0], -moved[1], moved[2]], ras[:3], atol=1e-4)

@@ -51,7 +51,7 @@ def test_graph_builds():
         "sub-01_task-rest_space-MNI152NLin2009aSym_atlas-Power2011_meas-PearsonCorrelation"
         "_desc-filtglobal_relmat.tsv"
     )
-    assert len(paths) == 10 + 1 * (1 + 2) + 2
+    assert len(paths) == 11 + 1 * (1 + 2) + 2
     # every entity of the source run is kept, sessions get their folder
     run = {
         "sub": "01",
@@ -154,6 +154,11 @@ def test_end_to_end_tiny_subject(func_bids, func_anat, tmp_path):
     assert sidecar["SliceTimingCorrected"] and 0 < sidecar["StartTime"] < 2.0
     conf = pd.read_csv(paths["confounds"], sep="\t", na_values="n/a")
     assert len(conf) == n_all and conf["framewise_displacement"].iloc[1:].notna().all()
+    # the head-motion transforms as fMRIPrep writes them: one ITK affine per volume
+    from pipeline.anat._antsio import read_itk_affines
+
+    hmc = read_itk_affines(paths["hmc_xfm"])
+    assert hmc.shape == (n_all, 4, 4)
     flagged = conf.filter(like="non_steady_state_outlier")
     assert flagged.shape[1] == 2 and flagged.sum(axis=1).tolist() == [1, 1] + [0] * n_kept
     # motion parameters in the confounds match the ground truth (steady-state volumes)
@@ -167,6 +172,9 @@ def test_end_to_end_tiny_subject(func_bids, func_anat, tmp_path):
     rel = [params_to_matrix(r) @ np.linalg.inv(params_to_matrix(truth[0])) for r in truth]
     est = conf[["trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z"]].to_numpy()
     err = est - np.array([matrix_to_params(m) for m in rel])
+    # the transforms file says the same as the confounds' parameters
+    from_file = np.array([matrix_to_params(m) for m in hmc[2:]])
+    np.testing.assert_allclose(from_file, est, atol=1e-5)
     assert np.sqrt(np.mean(err[:, :3] ** 2)) < 0.2
     assert np.degrees(np.sqrt(np.mean(err[:, 3:] ** 2))) < 0.2
     # planted network: estimated edges follow the planted ones
