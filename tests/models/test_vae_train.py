@@ -76,8 +76,27 @@ def cnn_run(dataset):
     return out, _train(bids, deriv, out)
 
 
+def _mu_from_checkpoint(out, deriv) -> np.ndarray:
+    """mu of every subject (participants order) under the model saved in ``out``."""
+    from pipeline.models.data import VolumeDataset, find_volumes
+    from pipeline.models.training import load_checkpoint
+
+    ckpt = load_checkpoint(out / "checkpoint.pt")
+    model = build_model("vae", 1, 4, encoder="cnn", beta=0.1, widths=[4, 8])
+    paths = find_volumes(deriv, [f"{i:02d}" for i in range(8)], PATTERN)
+    volumes = VolumeDataset(paths, np.zeros(8, np.int64), model.levels).volumes
+    model = build_model(
+        "vae", 1, 4, shape=tuple(volumes.shape[-3:]), encoder="cnn", beta=0.1, widths=[4, 8]
+    )
+    model.load_state_dict(ckpt["model"])
+    model.eval()
+    with torch.no_grad():
+        return model.encode(volumes)[0].double().numpy()
+
+
 def test_vae_trains_without_a_target_and_writes_its_evaluation(dataset, cnn_run):
     out, metrics = cnn_run
+    _, deriv = dataset
     assert metrics["model"] == "vae" and metrics["task"] == "generative"
     assert metrics["latent_dim"] == 4 and metrics["encoder"] == "cnn"
     assert metrics["n_train"] + metrics["n_test"] == 8 and metrics["n_test"] == 2
@@ -92,7 +111,17 @@ def test_vae_trains_without_a_target_and_writes_its_evaluation(dataset, cnn_run)
     assert inv["gain"]["max"] < 1e-5 < inv["contrast"]["mean"]
     site = metrics["site_prediction"]
     assert site["chance"] == 0.5 and site["n_sites"] == 2 and site["n_splits"] == 4
-    assert 0 <= site["balanced_accuracy"] <= 1 and 0 <= site["balanced_accuracy_combat"] <= 1
+    # the reported site prediction is that of this model's mu for each subject's own site:
+    # recomputed from the checkpoint, with the sites the fixture planted (not the split table)
+    mu = _mu_from_checkpoint(out, deriv)
+    planted = np.repeat(["A", "B"], 4)
+    recomputed = site_predictability(mu, planted, seed=0)
+    for key in ("balanced_accuracy", "balanced_accuracy_combat"):
+        assert site[key] == pytest.approx(recomputed[key], abs=1e-9), (key, site, recomputed)
+    # the evaluation sees a site effect when mu carries one, and ComBat takes it out again
+    shifted = mu + 3 * mu.std(0) * (planted == "B")[:, None]
+    seen = site_predictability(shifted, planted, seed=0)
+    assert seen["balanced_accuracy"] == 1.0 > seen["balanced_accuracy_combat"], seen
     assert len(metrics["latent"]["kl_per_dim"]) == 4
     split = pd.read_csv(out / "split.tsv", sep="\t")
     assert (split["fold"] == "test").sum() == 2 and set(split["site"]) == {"A", "B"}
@@ -201,6 +230,9 @@ def test_site_predictability_sees_sites_and_combat_removes_them():
     assert res["chance"] == pytest.approx(1 / 3) and res["n_splits"] == 5
     assert res["balanced_accuracy"] > 0.9
     assert res["balanced_accuracy_combat"] < 0.6  # location/scale site effects only
+    # shuffled-site control: the same mu with the sites dealt at random is near chance
+    shuffled = site_predictability(mu, rng.permutation(sites), seed=0)
+    assert shuffled["balanced_accuracy"] < 0.6, shuffled
     one = site_predictability(mu[:12], sites[:12])
     assert one["balanced_accuracy"] is None and "two sites" in one["reason"]
 
