@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Build the symprep image for real with podman and test it (`make test-container`):
 # hadolint, `symprep --version`, and the tiny demo's participant stage inside the container as a
-# non-root user with the data bind-mounted. Where no registry is reachable, the base image is a
+# non-root user with the data bind-mounted; where Apptainer is installed, the .sif that
+# containers/symprep.def builds from this image. Where no registry is reachable, the base image is a
 # Debian bookworm made locally with debootstrap from the mirror apt already uses.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -69,4 +70,13 @@ if podman run --rm --user 1000:1000 "$IMAGE" /nonexistent /tmp/out participant 2
   echo "expected a failure" >&2; exit 1
 fi
 grep -q "symprep: error: /nonexistent: input directory does not exist" "$data/err"
+# the Apptainer image, from this image's OCI archive (containers/symprep.def), where Apptainer exists
+if command -v apptainer >/dev/null; then
+  podman save --format oci-archive -o "$data/symprep.tar" "$IMAGE"
+  def="$PWD/containers/symprep.def"  # its From: symprep.tar is relative to the build directory
+  (cd "$data" && apptainer build --force symprep.sif "$def")
+  apptainer test "$data/symprep.sif"
+  [ "$(apptainer run "$data/symprep.sif" --version)" = "$version" ]
+  echo "apptainer: OK"
+fi
 echo "container: OK ($IMAGE)"

@@ -1,6 +1,8 @@
 # Group level, when `models: enabled: true`: train the configured model on the template-space T1w.
-# GPU resources: the SLURM profile sends this rule to a GPU partition (--gres=gpu:1); elsewhere it
-# runs on whatever device `models.device` selects (CUDA when present, CPU otherwise).
+# GPU resources: `gpu=1` is Snakemake's GPU count; the SLURM executor plugin submits it as
+# `sbatch --gpus=1` (the profile adds the GPU partition; gpu_model or gres there pick a type).
+# Local runs do not count it unless given `--resources gpu=N`; the rule runs on whatever device
+# `models.device` selects (CUDA when present, CPU otherwise).
 
 
 if CONFIG.models.enabled:

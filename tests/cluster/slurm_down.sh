@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Stop the daemons slurm_up.sh started, by their PID files, and restore the previous slurm.conf.
+# Stop the daemons slurm_up.sh started, by their PID files, and restore the previous slurm.conf and
+# gres.conf.
 set -uo pipefail
 SLURM_ROOT=${SLURM_ROOT:-/tmp/symprep-slurm}
 for daemon in slurmd slurmctld; do
@@ -19,4 +20,10 @@ if [ -f "$SLURM_ROOT/started-munged" ]; then
   rm -f "$SLURM_ROOT/started-munged" "$SLURM_ROOT/munged.pid"
 fi
 [ -f "$SLURM_ROOT/slurm.conf.orig" ] && cp "$SLURM_ROOT/slurm.conf.orig" /etc/slurm/slurm.conf
+if [ -f "$SLURM_ROOT/gres.conf.orig" ]; then
+  cp "$SLURM_ROOT/gres.conf.orig" /etc/slurm/gres.conf
+elif [ -f "$SLURM_ROOT/gres.conf.none" ]; then
+  rm -f /etc/slurm/gres.conf
+fi
+rm -f "$SLURM_ROOT/gres.conf.orig" "$SLURM_ROOT/gres.conf.none"
 echo "slurm: stopped"

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Install (Debian packages) and start a single-node SLURM on localhost for the cluster tests.
 # Writes its config and PID files under $SLURM_ROOT (default /tmp/symprep-slurm); stop with slurm_down.sh.
+# The node carries one fake GPU (a generic resource on /dev/null) and sits in two partitions,
+# `debug` and `gpu`, as configs/profiles/slurm expects: GPU requests are scheduled, no CUDA is needed.
 set -euo pipefail
 SLURM_ROOT=${SLURM_ROOT:-/tmp/symprep-slurm}
 export DEBIAN_FRONTEND=noninteractive
@@ -23,7 +25,14 @@ fi
 cpus=$(nproc)
 mem_mb=$(awk '/MemTotal/ {printf "%d", $2 / 1024 * 0.8}' /proc/meminfo)
 conf=/etc/slurm/slurm.conf
+gres_conf=/etc/slurm/gres.conf
 [ -f "$conf" ] && [ ! -f "$SLURM_ROOT/slurm.conf.orig" ] && cp "$conf" "$SLURM_ROOT/slurm.conf.orig"
+if [ ! -e "$SLURM_ROOT/gres.conf.orig" ] && [ ! -e "$SLURM_ROOT/gres.conf.none" ]; then
+  if [ -f "$gres_conf" ]; then cp "$gres_conf" "$SLURM_ROOT/gres.conf.orig"; else touch "$SLURM_ROOT/gres.conf.none"; fi
+fi
+# a fake GPU: slurmd 22.05 drops a gpu given by Count= alone, so it names a device file that every
+# machine has; SLURM schedules and accounts it like a real one (and sets CUDA_VISIBLE_DEVICES=0)
+echo "NodeName=localhost Name=gpu File=/dev/null" > "$gres_conf"
 cat > "$conf" <<CONF
 ClusterName=symprep-test
 SlurmctldHost=localhost
@@ -43,16 +52,22 @@ ReturnToService=2
 JobAcctGatherType=jobacct_gather/none
 AccountingStorageType=accounting_storage/none
 MinJobAge=300
-NodeName=localhost NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem_mb State=UNKNOWN
+GresTypes=gpu
+NodeName=localhost NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem_mb Gres=gpu:1 State=UNKNOWN
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
+PartitionName=gpu Nodes=ALL Default=NO MaxTime=INFINITE State=UP
 CONF
 
-/usr/sbin/slurmctld
+# -c: a clean start, no node state (a drain reason, say) or jobs kept from an earlier run
+/usr/sbin/slurmctld -c
 /usr/sbin/slurmd -N localhost
 for _ in $(seq 60); do
   state=$(sinfo -h -o %T 2>/dev/null | head -n1 || true)
-  [ "$state" = "idle" ] && { echo "slurm: localhost idle ($cpus CPUs, $mem_mb MB)"; exit 0; }
+  if [ "$state" = "idle" ]; then
+    echo "slurm: localhost idle ($cpus CPUs, $mem_mb MB, gres $(sinfo -h -N -o %G | head -n1))"
+    exit 0
+  fi
   sleep 1
 done
-echo "slurm did not come up; logs in $SLURM_ROOT/log" >&2
+echo "slurm did not come up ($(sinfo -h -N -o '%T: %E' 2>&1 | head -n1)); logs in $SLURM_ROOT/log" >&2
 exit 1
