@@ -93,10 +93,13 @@ def _varies(x: np.ndarray, rtol: float = 1e-8) -> bool:
 
 def connectivity_rmsd(a: np.ndarray, b: np.ndarray) -> float:
     """RMS difference of the off-diagonal entries of two connectivity matrices (Fisher z when all
-    entries lie in [-1, 1])."""
+    entries lie in [-1, 1]), over the entries finite in both (ROIs outside the BOLD mask have NaN
+    rows; NaN only when no entry is left)."""
     a, b = np.asarray(a, float), np.asarray(b, float)
     _check_same_shape(a, b)
-    off = ~np.eye(a.shape[0], dtype=bool)
+    off = ~np.eye(a.shape[0], dtype=bool) & np.isfinite(a) & np.isfinite(b)
+    if not off.any():
+        return float("nan")
     x, y = a[off], b[off]
     if np.all(np.abs(x) <= 1) and np.all(np.abs(y) <= 1):
         x, y = (
