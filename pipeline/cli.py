@@ -146,6 +146,14 @@ def build_bids_app_parser() -> argparse.ArgumentParser:
     )
     workflow = parser.add_argument_group("workflow")
     workflow.add_argument(
+        "--output-spaces",
+        "--output_spaces",
+        nargs="+",
+        default=None,
+        metavar="SPACE",
+        help="template spaces of the outputs, NAME[:res-N] (MNI152NLin2009aSym, res-1 or res-2)",
+    )
+    workflow.add_argument(
         "--random-seed",
         "--random_seed",
         "--seed",

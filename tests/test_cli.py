@@ -460,3 +460,28 @@ def test_boilerplate_only_writes_the_methods_and_runs_nothing(tiny_bids, tmp_pat
     assert description["GeneratedBy"][0]["CodeURL"].startswith("https://")
     assert description["SourceDatasets"][0]["URI"] == "bids:raw:"
     assert (out / ".bidsignore").read_text().startswith("logs/")
+
+
+def test_output_spaces_set_the_grid_or_say_what_is_missing(
+    tiny_bids, tmp_path, monkeypatch, capsys
+):
+    import pipeline.workflows.participant as participant
+
+    seen = {}
+    monkeypatch.setattr(
+        participant, "run_participants", lambda *a: seen.setdefault("config", a[4]) and []
+    )
+    base = [str(tiny_bids), str(tmp_path / "out"), "participant", "--skip-bids-validation"]
+    assert main([*base, "--output-spaces", "MNI152NLin2009aSym:res-1"]) == 0
+    assert seen["config"].anat.resolution == 1
+    capsys.readouterr()
+    monkeypatch.setenv("TEMPLATEFLOW_HOME", str(tmp_path / "tf"))
+    assert main([*base, "--output-spaces", "MNI152NLin6Asym:res-2"]) == 2
+    line = _error_line(capsys)
+    assert "template 'MNI152NLin6Asym' is not available offline" in line
+    assert str(tmp_path / "tf") in line
+    (tmp_path / "tf" / "tpl-MNI152NLin6Asym").mkdir(parents=True)
+    assert main([*base, "--output-spaces", "MNI152NLin6Asym"]) == 2
+    assert "holds tpl-MNI152NLin6Asym" in _error_line(capsys)
+    assert main([*base, "--output-spaces", "MNI152NLin2009aSym:res-3"]) == 2
+    assert "res-3" in _error_line(capsys)

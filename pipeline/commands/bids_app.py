@@ -175,6 +175,11 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         skip_bids_validation=args.skip_bids_validation,
     )
+    if getattr(args, "output_spaces", None):
+        from pipeline.spaces import parse_output_spaces
+
+        spaces = parse_output_spaces(args.output_spaces, config.anat.resolution)
+        config.anat.resolution = spaces[0].resolution
     bids_dir = Path(config.bids_dir)
     output_dir = Path(config.output_dir)
     if output_dir.resolve() == bids_dir.resolve():
