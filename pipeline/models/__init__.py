@@ -12,7 +12,8 @@ from pipeline.models._layers import (
     pad_to_centred,
 )
 from pipeline.models._registry import MODEL_NAMES, build_model
-from pipeline.models.vae import VAE, train_vae
+from pipeline.models.training import train_vae
+from pipeline.models.vae import VAE
 
 __all__ = [
     "MODEL_NAMES",

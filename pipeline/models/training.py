@@ -14,15 +14,21 @@
 β-weighted negative ELBO, logged per epoch with its reconstruction and KL terms) and adds the
 evaluation of :mod:`pipeline.models.vae_report` to ``metrics.json``. :func:`train_from_bids`
 picks the one that fits ``options.model``.
+
+There is one training engine, :func:`run_training` (device, AMP, seeding, checkpoint/resume, the
+epoch loop, logs); each task is a :class:`TrainingTask` with its step function: supervised
+(:func:`fit`), VAE (:func:`fit_vae`, :func:`vae_step`; :func:`train_vae` for in-memory volumes).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,13 +48,17 @@ from pipeline.symmetry import cube_rotations, random_rotations, rotate_cube, rot
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "TrainingTask",
     "augment_batch",
     "evaluate",
     "fit",
     "fit_vae",
     "load_checkpoint",
+    "run_training",
     "select_device",
     "seed_everything",
+    "train_vae",
+    "vae_step",
 ]
 
 CHECKPOINT = "checkpoint.pt"
@@ -198,6 +208,126 @@ def _resume(
     return ckpt
 
 
+@dataclass
+class TrainingTask:
+    """What differs between training tasks; :func:`run_training` does the rest (device, AMP,
+    seeding, checkpoint/resume, the epoch loop, logs).
+
+    Attributes
+    ----------
+    step : callable
+        ``step(model, batch, rng, noise, device, amp) -> dict`` of scalar loss tensors for one
+        batch, ``"loss"`` (what is minimised) first; the others are logged as ``train_<name>``.
+        ``amp()`` is the mixed-precision context the forward pass runs in (augmentation stays
+        outside it).
+    evaluate : callable or None
+        ``evaluate(model, device) -> dict`` of test metrics after each epoch (``test_<name>``).
+    checkpoint : dict
+        Task fields saved in every checkpoint (``task``, ``classes``, ``scale``).
+    check_hparams : bool
+        Refuse to resume from a checkpoint with other hyperparameters.
+    epoch_extra : callable or None
+        ``epoch_extra(model) -> dict`` of extra per-epoch log values.
+    """
+
+    step: Callable[..., dict[str, torch.Tensor]]
+    evaluate: Callable[[nn.Module, torch.device], dict[str, float]] | None = None
+    checkpoint: dict[str, Any] = field(default_factory=dict)
+    check_hparams: bool = False
+    epoch_extra: Callable[[nn.Module], dict[str, float]] | None = None
+
+
+def run_training(
+    model: nn.Module,
+    train_data: Dataset,
+    out_dir: str | os.PathLike[str],
+    options: ModelOptions,
+    task: TrainingTask,
+) -> tuple[list[dict[str, Any]], torch.device, dict[str, Any] | None]:
+    """The one training engine: train ``model`` on ``train_data`` with ``task``'s step.
+
+    Writes ``checkpoint.pt`` (atomically, after every epoch) and ``log.csv`` into ``out_dir``;
+    with ``options.resume`` a rerun continues from the checkpoint and takes exactly the steps an
+    uninterrupted run would have taken (shuffling, augmentation and noise are seeded per epoch).
+
+    Returns
+    -------
+    history : list of dict
+        One row per epoch.
+    device : torch.device
+    checkpoint : dict or None
+        The checkpoint resumed from (None when the run started afresh).
+    """
+    from tqdm.auto import tqdm
+
+    out, device, optimizer, scaler = _prepare(model, options, out_dir)
+    name = getattr(model, "name", type(model).__name__)
+    history: list[dict[str, Any]] = []
+    start_epoch = 0
+    ckpt = _resume(out / CHECKPOINT, model, optimizer, scaler, device, options, task.check_hparams)
+    if ckpt is not None:
+        history, start_epoch = ckpt["history"], ckpt["epoch"] + 1
+    n_steps = math.ceil(len(train_data) / options.batch_size)
+    bar = tqdm(
+        total=(options.epochs - start_epoch) * n_steps,
+        desc=f"train {name}",
+        unit="step",
+        disable=not options.progress,
+    )
+    for epoch in range(start_epoch, options.epochs):
+        gen, rng = _epoch_generator(options.seed, epoch)
+        noise = _noise_generator(options.seed, epoch, device)
+        loader = DataLoader(train_data, batch_size=options.batch_size, shuffle=True, generator=gen)
+        model.train()
+        t0, sums, n_seen = time.perf_counter(), None, 0
+        for batch in loader:
+            terms = task.step(
+                model, batch, rng, noise, device, lambda: _autocast(device, options.amp)
+            )
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(terms["loss"]).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            size = len(batch[0] if isinstance(batch, list | tuple) else batch)
+            values = torch.stack([t.detach().float() for t in terms.values()]) * size
+            sums = values if sums is None else sums + values
+            n_seen += size
+            bar.update()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        seconds = time.perf_counter() - t0
+        means = (sums / max(n_seen, 1)).tolist() if sums is not None else []
+        row: dict[str, Any] = {"epoch": epoch}
+        row.update({f"train_{k}": v for k, v in zip(terms, means, strict=False)})
+        row.update({"train_volumes_per_s": n_seen / seconds, "seconds": seconds})
+        if task.epoch_extra is not None:
+            row.update(task.epoch_extra(model))
+        if task.evaluate is not None:
+            row.update({f"test_{k}": v for k, v in task.evaluate(model, device).items()})
+        history.append(row)
+        bar.set_postfix(loss=f"{row.get('train_loss', float('nan')):.4f}")
+        _save_checkpoint(
+            out / CHECKPOINT,
+            {
+                "model_name": getattr(model, "name", None),
+                "hparams": getattr(model, "hparams", {}),
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scaler": scaler.state_dict(),
+                "epoch": epoch,
+                "history": history,
+                "scale": (0.0, 1.0),
+                "task": "generative",
+                "classes": [],
+                **task.checkpoint,
+                "options": options.model_dump(),
+            },
+        )
+        _write_log(out / "log.csv", history)
+    bar.close()
+    return history, device, ckpt
+
+
 def fit(
     model: nn.Module,
     train_data: Dataset,
@@ -230,87 +360,50 @@ def fit(
     dict
         The metrics also written to ``metrics.json``.
     """
-    from tqdm.auto import tqdm
-
     opts = options or ModelOptions()
     if hasattr(model, "penalty"):
         model.penalty = opts.symmetry_penalty
-    out, device, optimizer, scaler = _prepare(model, opts, out_dir)
+    scale = (0.0, 1.0)
     if task == "regression":
         ys = torch.stack([train_data[i][1] for i in range(len(train_data))]).float()
         scale = (float(ys.mean()), float(ys.std().clamp(min=1e-6)) if len(ys) > 1 else 1.0)
-    else:
-        scale = (0.0, 1.0)
+    ckpt_path = Path(out_dir) / CHECKPOINT
+    if opts.resume and ckpt_path.exists():  # the target scaling of the run being resumed
+        scale = tuple(load_checkpoint(ckpt_path)["scale"])
+    has_test = test_data is not None and len(test_data) > 0
 
-    history: list[dict[str, Any]] = []
-    start_epoch = 0
-    ckpt = _resume(out / CHECKPOINT, model, optimizer, scaler, device, opts, check_hparams=False)
-    if ckpt is not None:
-        history, start_epoch, scale = ckpt["history"], ckpt["epoch"] + 1, tuple(ckpt["scale"])
+    def step(model, batch, rng, noise, device, amp):
+        x, y = (t.to(device, non_blocking=True) for t in batch)
+        if task == "regression":
+            y = (y.float() - scale[0]) / scale[1]
+        x = augment_batch(x, opts.augment, rng)
+        with amp():
+            loss = _loss(task, model(x), y)
+        if hasattr(model, "symmetry_penalty"):
+            loss = loss + model.symmetry_penalty()
+        return {"loss": loss}
 
-    n_steps = math.ceil(len(train_data) / opts.batch_size)
-    bar = tqdm(
-        total=(opts.epochs - start_epoch) * n_steps,
-        desc=f"train {getattr(model, 'name', 'model')}",
-        unit="step",
-        disable=not opts.progress,
-    )
-    for epoch in range(start_epoch, opts.epochs):
-        gen, rng = _epoch_generator(opts.seed, epoch)
-        loader = DataLoader(train_data, batch_size=opts.batch_size, shuffle=True, generator=gen)
-        model.train()
-        t0, total, n_seen = time.perf_counter(), torch.zeros((), device=device), 0
-        for x, y in loader:
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            if task == "regression":
-                y = (y.float() - scale[0]) / scale[1]
-            x = augment_batch(x, opts.augment, rng)
-            with _autocast(device, opts.amp):
-                loss = _loss(task, model(x), y)
-            if hasattr(model, "symmetry_penalty"):
-                loss = loss + model.symmetry_penalty()
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            total += loss.detach() * len(x)
-            n_seen += len(x)
-            bar.update()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        seconds = time.perf_counter() - t0
-        row: dict[str, Any] = {
-            "epoch": epoch,
-            "train_loss": float(total) / max(n_seen, 1),
-            "train_volumes_per_s": n_seen / seconds,
-            "seconds": seconds,
-        }
+    def extra(model):
         if hasattr(model, "symmetry_defect"):
-            row["symmetry_defect"] = float(model.symmetry_defect().detach())
-        if test_data is not None and len(test_data):
-            metrics = evaluate(model, test_data, task, device, opts.batch_size, opts.amp, scale)
-            row.update({f"test_{k}": v for k, v in metrics.items()})
-        history.append(row)
-        bar.set_postfix(loss=f"{row['train_loss']:.3f}")
-        _save_checkpoint(
-            out / CHECKPOINT,
-            {
-                "model_name": getattr(model, "name", None),
-                "hparams": getattr(model, "hparams", {}),
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scaler": scaler.state_dict(),
-                "epoch": epoch,
-                "history": history,
-                "scale": scale,
-                "task": task,
-                "classes": classes or [],
-                "options": opts.model_dump(),
-            },
-        )
-        _write_log(out / "log.csv", history)
-    bar.close()
+            return {"symmetry_defect": float(model.symmetry_defect().detach())}
+        return {}
 
+    history, device, _ = run_training(
+        model,
+        train_data,
+        out_dir,
+        opts,
+        TrainingTask(
+            step=step,
+            evaluate=(
+                (lambda m, d: evaluate(m, test_data, task, d, opts.batch_size, opts.amp, scale))
+                if has_test
+                else None
+            ),
+            checkpoint={"scale": scale, "task": task, "classes": classes or []},
+            epoch_extra=extra,
+        ),
+    )
     result: dict[str, Any] = {
         "model": getattr(model, "name", type(model).__name__),
         "n_parameters": n_parameters(model),
@@ -321,10 +414,21 @@ def fit(
         "history": history,
         "train": evaluate(model, train_data, task, device, opts.batch_size, opts.amp, scale),
     }
-    if test_data is not None and len(test_data):
+    if has_test:
         result["test"] = evaluate(model, test_data, task, device, opts.batch_size, opts.amp, scale)
-    write_json(out / "metrics.json", result)
+    write_json(Path(out_dir) / "metrics.json", result)
     return result
+
+
+def vae_step(
+    model, batch, rng, noise, device, amp=contextlib.nullcontext, augment: str = "none"
+) -> dict[str, torch.Tensor]:
+    """One VAE step: the β-weighted negative ELBO and its reconstruction and KL terms."""
+    x = (batch[0] if isinstance(batch, list | tuple) else batch).to(device, non_blocking=True)
+    x = augment_batch(x, augment, rng)
+    with amp():
+        terms = model.loss(x, noise)
+    return {k: terms[k] for k in ("loss", "recon", "kl")}
 
 
 def fit_vae(
@@ -365,82 +469,30 @@ def fit_vae(
         The metrics also written to ``metrics.json``: ``train`` and ``test`` hold ``loss``,
         ``kl``, ``mse`` and ``ssim`` (see :func:`~pipeline.models.vae_report.reconstruction_metrics`).
     """
-    from tqdm.auto import tqdm
-
     from pipeline.models.vae_report import reconstruction_metrics
 
     opts = options or ModelOptions()
-    out, device, optimizer, scaler = _prepare(model, opts, out_dir)
     name = getattr(model, "name", "vae")
-
-    history: list[dict[str, Any]] = []
-    start_epoch = 0
-    ckpt = _resume(out / CHECKPOINT, model, optimizer, scaler, device, opts, check_hparams=True)
-    if ckpt is not None:
-        history, start_epoch = ckpt["history"], ckpt["epoch"] + 1
-
     has_test = test_data is not None and len(test_data) > 0
-    n_steps = math.ceil(len(train_data) / opts.batch_size)
-    bar = tqdm(
-        total=(opts.epochs - start_epoch) * n_steps,
-        desc=f"train {name}",
-        unit="step",
-        disable=not opts.progress,
+    history, device, _ = run_training(
+        model,
+        train_data,
+        out_dir,
+        opts,
+        TrainingTask(
+            step=lambda m, b, r, n, d, a: vae_step(m, b, r, n, d, a, opts.augment),
+            evaluate=(
+                (
+                    lambda m, d: reconstruction_metrics(
+                        m, test_data, d, opts.batch_size, opts.amp, ssim=False
+                    )
+                )
+                if has_test
+                else None
+            ),
+            check_hparams=True,
+        ),
     )
-    keys = ("loss", "recon", "kl")
-    for epoch in range(start_epoch, opts.epochs):
-        gen, rng = _epoch_generator(opts.seed, epoch)
-        noise = _noise_generator(opts.seed, epoch, device)
-        loader = DataLoader(train_data, batch_size=opts.batch_size, shuffle=True, generator=gen)
-        model.train()
-        t0, sums, n_seen = time.perf_counter(), torch.zeros(3, device=device), 0
-        for batch in loader:
-            x = (batch[0] if isinstance(batch, list | tuple) else batch).to(
-                device, non_blocking=True
-            )
-            x = augment_batch(x, opts.augment, rng)
-            with _autocast(device, opts.amp):
-                terms = model.loss(x, noise)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(terms["loss"]).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            sums += torch.stack([terms[k].detach() for k in keys]) * len(x)
-            n_seen += len(x)
-            bar.update()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        seconds = time.perf_counter() - t0
-        means = (sums / max(n_seen, 1)).tolist()
-        row: dict[str, Any] = {"epoch": epoch}
-        row.update({f"train_{k}": v for k, v in zip(keys, means, strict=True)})
-        row.update({"train_volumes_per_s": n_seen / seconds, "seconds": seconds})
-        if has_test:
-            terms_test = reconstruction_metrics(
-                model, test_data, device, opts.batch_size, opts.amp, ssim=False
-            )
-            row.update({f"test_{k}": v for k, v in terms_test.items()})
-        history.append(row)
-        bar.set_postfix(loss=f"{row['train_loss']:.4f}")
-        _save_checkpoint(
-            out / CHECKPOINT,
-            {
-                "model_name": name,
-                "hparams": getattr(model, "hparams", {}),
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scaler": scaler.state_dict(),
-                "epoch": epoch,
-                "history": history,
-                "scale": (0.0, 1.0),
-                "task": "generative",
-                "classes": [],
-                "options": opts.model_dump(),
-            },
-        )
-        _write_log(out / "log.csv", history)
-    bar.close()
-
     model.eval()
     result: dict[str, Any] = {
         "model": name,
@@ -461,7 +513,7 @@ def fit_vae(
         result["test"] = reconstruction_metrics(model, test_data, device, opts.batch_size, opts.amp)
     if report is not None:
         result.update(report(model, device))
-    write_json(out / "metrics.json", result)
+    write_json(Path(out_dir) / "metrics.json", result)
     return result
 
 
@@ -593,3 +645,49 @@ def _train_vae_from_bids(
         )
 
     return fit_vae(model, train, test, out, opts, report)
+
+
+def train_vae(
+    model: nn.Module,
+    volumes: torch.Tensor,
+    epochs: int = 10,
+    batch_size: int = 8,
+    learning_rate: float = 1e-3,
+    seed: int = 0,
+    progress: bool = False,
+) -> list[dict[str, float]]:
+    """Fit ``model`` to in-memory ``volumes`` ``(N, C, X, Y, Z)``; return per-epoch mean losses.
+
+    The training engine of :func:`pipeline.models.training.run_training` with the VAE step (no
+    weight decay, no augmentation, on the model's device), its checkpoint in a temporary folder.
+    """
+    import tempfile
+
+    from torch.utils.data import TensorDataset
+
+    device = next(model.parameters()).device
+    options = ModelOptions(
+        epochs=epochs,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        weight_decay=0.0,
+        seed=seed,
+        device="cuda" if device.type == "cuda" else "cpu",
+        amp=False,
+        resume=False,
+        progress=progress,
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        history, _, _ = run_training(
+            model, TensorDataset(volumes), tmp, options, TrainingTask(step=vae_step)
+        )
+    model.eval()
+    return [
+        {
+            "loss": r["train_loss"],
+            "recon": r["train_recon"],
+            "kl": r["train_kl"],
+            "epoch": r["epoch"],
+        }
+        for r in history
+    ]

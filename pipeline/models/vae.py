@@ -32,7 +32,7 @@ from torch import nn
 from pipeline.errors import ConfigError
 from pipeline.models._layers import BlurPool3d
 
-__all__ = ["VAE", "train_vae"]
+__all__ = ["VAE"]
 
 logger = logging.getLogger(__name__)
 
@@ -201,40 +201,3 @@ class VAE(nn.Module):
             "recon": recon.mean(),
             "kl": kl.mean(),
         }
-
-
-def train_vae(
-    model: VAE,
-    volumes: torch.Tensor,
-    epochs: int = 10,
-    batch_size: int = 8,
-    learning_rate: float = 1e-3,
-    seed: int = 0,
-    progress: bool = False,
-) -> list[dict[str, float]]:
-    """Fit ``model`` to ``volumes`` ``(N, C, X, Y, Z)`` with Adam; return per-epoch mean losses.
-
-    A small in-memory loop (the volumes fit in memory); runs on the model's device.
-    """
-    from tqdm.auto import tqdm
-
-    device = next(model.parameters()).device
-    gen = torch.Generator().manual_seed(seed)
-    opt = torch.optim.Adam(model.parameters(), lr=learning_rate)
-    history = []
-    model.train()
-    for epoch in tqdm(range(epochs), desc="vae", unit="epoch", disable=not progress):
-        order = torch.randperm(len(volumes), generator=gen)
-        sums = {"loss": 0.0, "recon": 0.0, "kl": 0.0}
-        for start in range(0, len(volumes), batch_size):
-            batch = volumes[order[start : start + batch_size]].to(device)
-            terms = model.loss(batch)
-            opt.zero_grad(set_to_none=True)
-            terms["loss"].backward()
-            opt.step()
-            for k in sums:
-                sums[k] += float(terms[k].detach()) * len(batch)
-        history.append({k: v / len(volumes) for k, v in sums.items()} | {"epoch": epoch})
-        logger.debug("vae epoch %d: %s", epoch, history[-1])
-    model.eval()
-    return history
