@@ -90,6 +90,19 @@ def run_group(
     return 1 if summary["left_out"] else 0
 
 
+def _dask_options(config: Config):
+    """The ``dask:`` options, with the local workers' memory limits taken from ``--mem`` when it
+    was given: the run's limit shared by the local workers (the group process keeps a quarter)."""
+    options = config.dask
+    if config.mem_gb is None or options.scheduler != "local":
+        return options
+    import os
+
+    n_workers = options.n_workers or max(1, min(4, os.cpu_count() or 1))
+    per_worker_mb = int(config.mem_gb * 1000 * 0.75 / n_workers)
+    return options.model_copy(update={"memory_limit": f"{max(per_worker_mb, 256)}MB"})
+
+
 def _gm_difference(
     bids_dir: Path, output_dir: Path, subjects: list[str], participants: pd.DataFrame, config
 ) -> dict:
@@ -242,7 +255,7 @@ def _harmonize_voxelwise(
         mask_data = np.asarray(mask.get_fdata()) > 0.5
         normalize = t1w_normalizer(maps, parts, config.gauge, mask_data)
     work = Path(config.work_dir) if config.work_dir else output_dir.parent / "work"
-    with dask_client(config.dask) as client:
+    with dask_client(_dask_options(config)) as client:
         result = run_voxelwise_harmonization(
             maps,
             mask,

@@ -359,6 +359,10 @@ def test_nipype_multiproc_is_given_the_memory_limit(tiny_bids, tmp_path, monkeyp
     assert main([*argv, "--nthreads", "2", "--mem-gb", "1.5", "--stop-on-first-crash"]) == 1
     assert calls[0][2]["memory_gb"] == pytest.approx(1.5)
     assert calls[0][3]["stop_on_first_crash"] == "true"
+    # --low-mem: one node at a time, whatever --nthreads says
+    calls.clear()
+    assert main([*argv, "--nthreads", "2", "--mem", "3000", "--low-mem"]) == 1
+    assert calls[0][1] == "Linear"
     # one process: Nipype's Linear plugin (nothing runs side by side)
     calls.clear()
     assert main([*argv, "--nthreads", "1", "--mem", "3000"]) == 1
@@ -485,3 +489,16 @@ def test_output_spaces_set_the_grid_or_say_what_is_missing(
     assert "holds tpl-MNI152NLin6Asym" in _error_line(capsys)
     assert main([*base, "--output-spaces", "MNI152NLin2009aSym:res-3"]) == 2
     assert "res-3" in _error_line(capsys)
+
+
+def test_mem_sets_the_local_dask_workers_limits():
+    """The group stage's local dask workers share ``--mem`` (a quarter kept for the group process);
+    without ``--mem`` the configured limit stands, and SLURM workers keep their own."""
+    from pipeline.config import load_config
+    from pipeline.group import _dask_options
+
+    config = load_config(None, mem_gb=8.0, dask={"n_workers": 2})
+    assert _dask_options(config).memory_limit == "3000MB"
+    assert _dask_options(load_config(None, dask={"n_workers": 2})).memory_limit == "2GB"
+    slurm = load_config(None, mem_gb=8.0, dask={"scheduler": "slurm"})
+    assert _dask_options(slurm).memory_limit == "2GB"

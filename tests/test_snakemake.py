@@ -28,11 +28,17 @@ def _snakemake(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
     )
 
 
+#: ANTs' own SyN iterations: these tests are about the DAG, resume and bytes, not registration
+#: quality (tested in tests/anat and benchmarks/), and symprep's default doubles the time
+QUICK_SYN = "anat:\n  syn_iterations: [40, 20, 0]\n"
+
+
 def _config(tmp_path: Path, bids: Path, extra: str = "") -> Path:
     path = tmp_path / "config.yaml"
+    anat = "" if extra.startswith("anat:") else QUICK_SYN
     path.write_text(
         f"bids_dir: {bids}\noutput_dir: {tmp_path / 'out'}\nwork_dir: {tmp_path / 'work'}\n"
-        f"seed: 0\nnprocs: 1\n{extra}"
+        f"seed: 0\nnprocs: 1\n{anat}{extra}"
     )
     return path
 

@@ -69,10 +69,10 @@ def configure_execution(**settings: Any) -> ExecutionSettings:
 
 def plugin_settings(nprocs: int, settings: ExecutionSettings | None = None) -> tuple[str, dict]:
     """Nipype plugin and its arguments: MultiProc with ``n_procs`` and ``memory_gb`` when more
-    than one process is given, Linear otherwise (one process cannot exceed a limit by running
-    nodes side by side)."""
+    than one process is given, Linear otherwise or with ``--low-mem`` (one process cannot exceed
+    a limit by running nodes side by side)."""
     settings = EXECUTION if settings is None else settings
-    if nprocs <= 1:
+    if nprocs <= 1 or settings.low_mem:  # --low-mem: one node at a time, the smallest peak
         return "Linear", {}
     args: dict[str, Any] = {"n_procs": int(nprocs), "raise_insufficient": False}
     if settings.memory_gb is not None:
