@@ -52,12 +52,23 @@ def _residualize(
 
 
 def _classify(
-    z_train: np.ndarray, y_train: np.ndarray, z_test: np.ndarray, seed: int
+    z_train: np.ndarray,
+    y_train: np.ndarray,
+    z_test: np.ndarray,
+    seed: int,
+    classifier: str = "lda",
 ) -> np.ndarray:
-    del seed  # the classifier is deterministic
+    del seed  # the classifiers are deterministic
     classes = np.unique(y_train)
     if classes.size == 1:  # a permuted tiny fold can hold one class only
         return np.full(len(z_test), classes[0], dtype=object)
+    if classifier == "logistic":  # few features (a latent space): a standardised logistic model
+        from sklearn.linear_model import LogisticRegression
+
+        clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
+        return clf.fit(z_train, y_train).predict(z_test)
+    if classifier != "lda":
+        raise ValueError(f"classifier must be 'lda' or 'logistic'; got {classifier!r}")
     # n_subjects << n_features: project on the training fold's principal components first, so
     # each fit costs O(n² p) instead of a p × p shrunk covariance (200 permutations stay cheap)
     n_components = int(max(1, min(z_train.shape[0] - 1, z_train.shape[1], 50)))
@@ -80,6 +91,7 @@ def site_prediction(
     max_features: int = 2000,
     seed: int = 0,
     progress: bool = False,
+    classifier: str = "lda",
 ) -> dict[str, Any]:
     """Cross-validated site-prediction balanced accuracy, harmonizer fitted inside each fold.
 
@@ -96,6 +108,9 @@ def site_prediction(
     n_splits, n_permutations, max_features, seed : int
         Folds (reduced to the smallest site size), permutations, features sampled (seeded) when
         there are more.
+    classifier : {"lda", "logistic"}, default="lda"
+        Shrunk LDA on the training fold's principal components (many features), or a
+        standardised logistic regression (few features, e.g. a VAE's latent means).
 
     Returns
     -------
@@ -137,7 +152,7 @@ def site_prediction(
         pred = np.empty(len(labels), dtype=object)
         scores = []
         for train, test, z_train, z_test in folds:
-            pred[test] = _classify(z_train, labels[train], z_test, seed)
+            pred[test] = _classify(z_train, labels[train], z_test, seed, classifier)
             scores.append(float(balanced_accuracy_score(labels[test], pred[test].astype(str))))
         return float(balanced_accuracy_score(labels, pred.astype(str))), scores
 

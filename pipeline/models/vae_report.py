@@ -266,10 +266,9 @@ def site_predictability(
 ) -> dict[str, Any]:
     """Cross-validated balanced accuracy of predicting the site from :math:`\\mu`.
 
-    Stratified K-fold (``n_splits`` reduced to the smallest site size); a standardised logistic
-    regression per fold; the out-of-fold predictions give one balanced accuracy. The same is
-    repeated after ComBat (:class:`pipeline.gauge.ComBat`) on :math:`\\mu`, fitted on each
-    training fold and applied to both parts.
+    :func:`pipeline.gauge.site_prediction` with a standardised logistic regression (stratified
+    K-fold, ``n_splits`` reduced to the smallest site size, out-of-fold predictions giving one
+    balanced accuracy), without and with ComBat on :math:`\\mu` fitted inside each training fold.
 
     Returns
     -------
@@ -279,12 +278,7 @@ def site_predictability(
         fewer than two sites or a site of one subject the accuracies are None and ``reason``
         says why.
     """
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import balanced_accuracy_score
-    from sklearn.model_selection import StratifiedKFold
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-    from threadpoolctl import threadpool_limits
+    from pipeline.gauge import ComBat, site_prediction
 
     X = np.asarray(mu, dtype=np.float64)
     y = np.asarray(sites).astype(str)
@@ -302,31 +296,26 @@ def site_predictability(
         out["reason"] = "needs at least two sites with two subjects each"
         return out
     out["n_splits"] = k
-    cv = list(StratifiedKFold(n_splits=k, shuffle=True, random_state=seed).split(X, y))
 
-    def _score(harmonize: bool) -> float:
-        from pipeline.gauge import ComBat
+    def _score(harmonizer) -> float:
+        result = site_prediction(
+            X,
+            y,
+            harmonizer=harmonizer,
+            n_splits=k,
+            n_permutations=0,
+            max_features=X.shape[1],
+            seed=seed,
+            classifier="logistic",
+        )
+        return float(result["balanced_accuracy"])
 
-        pred = np.empty(len(y), dtype=object)
-        for train, test in cv:
-            x_train, x_test = X[train], X[test]
-            if harmonize:
-                combat = ComBat().fit(x_train, y[train])
-                x_train, x_test = (
-                    combat.transform(x_train, y[train]),
-                    combat.transform(x_test, y[test]),
-                )
-            clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
-            pred[test] = clf.fit(x_train, y[train]).predict(x_test)
-        return float(balanced_accuracy_score(y, pred.astype(str)))
-
-    with threadpool_limits(1):
-        out["balanced_accuracy"] = _score(False)
-        try:
-            out["balanced_accuracy_combat"] = _score(True)
-        except (SymprepError, ValueError, np.linalg.LinAlgError) as exc:  # e.g. a tiny site
-            out["combat_reason"] = str(exc)
-            logger.warning("site prediction after ComBat on mu skipped: %s", exc)
+    out["balanced_accuracy"] = _score(None)
+    try:
+        out["balanced_accuracy_combat"] = _score(ComBat())
+    except (SymprepError, ValueError, np.linalg.LinAlgError) as exc:  # e.g. a tiny site
+        out["combat_reason"] = str(exc)
+        logger.warning("site prediction after ComBat on mu skipped: %s", exc)
     return out
 
 
