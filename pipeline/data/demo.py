@@ -309,23 +309,28 @@ def site_gauges(spec: DemoSpec) -> list[dict[str, Any]]:
 
 
 def bias_field(world_mm: np.ndarray, coefficients: list[float]) -> np.ndarray:
-    """Smooth multiplicative bias: :math:`\\exp(\\sum_k c_k\\,q_k(p/100\\,\\mathrm{mm}))`, quadratic :math:`q_k`."""
-    x, y, z = (world_mm[k] / 100.0 for k in range(3))
-    basis = (x, y, z, x * x, y * y, z * z, x * y, x * z, y * z)
-    return np.exp(sum(c * b for c, b in zip(coefficients, basis, strict=True)))
+    """The site's smooth multiplicative bias at scanner positions (mm):
+    :class:`pipeline.symmetry.BiasField` evaluated there, so the demo and the audit share it."""
+    from pipeline.symmetry import BiasField
+
+    return BiasField(tuple(coefficients)).field_at(world_mm)
 
 
 def apply_gauge(intensity: np.ndarray, gauge: dict[str, Any], reference_max: float) -> np.ndarray:
-    """Monotone gauge map :math:`I \\mapsto g\\,m\\,(I/m)^{\\gamma}` (no bias, no noise)."""
-    scaled = np.clip(intensity, 0.0, None) / reference_max
-    return gauge["gain"] * reference_max * scaled ** gauge["gamma"]
+    """The site's monotone gauge :math:`I \\mapsto g\\,m\\,(I/m)^{\\gamma}` (no bias, no noise):
+    :class:`pipeline.symmetry.MonotoneContrast` then :class:`pipeline.symmetry.Gain`, the
+    actions the invariance audit applies."""
+    from pipeline.symmetry import Gain, MonotoneContrast
+
+    return Gain(gauge["gain"])(MonotoneContrast(gauge["gamma"], reference_max)(intensity))
 
 
 def rician(signal: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarray:
-    """Magnitude of a complex signal with Gaussian noise of standard deviation ``sigma`` per channel."""
-    real = signal + rng.normal(0.0, sigma, size=signal.shape)
-    imag = rng.normal(0.0, sigma, size=signal.shape)
-    return np.sqrt(real**2 + imag**2)
+    """Rician magnitude noise of ``sigma`` per channel: :class:`pipeline.symmetry.RicianNoise`,
+    seeded from ``rng``."""
+    from pipeline.symmetry import RicianNoise
+
+    return RicianNoise(float(sigma), seed=int(rng.integers(2**32)))(signal)
 
 
 # --------------------------------------------------------------------------- BOLD

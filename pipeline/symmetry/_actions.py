@@ -305,12 +305,14 @@ class BiasField:
     spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)
 
     def field(self, shape: Sequence[int]) -> np.ndarray:
-        """The multiplicative field on a grid of ``shape``."""
-        axes = [
-            (np.arange(n) - (n - 1) / 2) * s / 100.0
-            for n, s in zip(shape, self.spacing, strict=True)
-        ]
-        x, y, z = np.meshgrid(*axes, indexing="ij")
+        """The multiplicative field on a grid of ``shape`` (origin at the grid centre)."""
+        axes = [(np.arange(n) - (n - 1) / 2) * s for n, s in zip(shape, self.spacing, strict=True)]
+        return self.field_at(np.stack(np.meshgrid(*axes, indexing="ij")))
+
+    def field_at(self, positions_mm: np.ndarray) -> np.ndarray:
+        """The multiplicative field at physical positions ``(3, ...)`` in mm (e.g. scanner
+        coordinates, so that the field is fixed to the scanner, as a coil's is)."""
+        x, y, z = (np.asarray(positions_mm[k], dtype=float) / 100.0 for k in range(3))
         basis = (x, y, z, x * x, y * y, z * z, x * y, x * z, y * z)
         return np.exp(sum(c * b for c, b in zip(self.coefficients, basis, strict=True)))
 
