@@ -91,8 +91,13 @@ def _func_rows(ref: Path, other: Path, subject: str, time_shift: int) -> list[di
                 v = connectivity_rmsd(a, b)
                 rows.append({"output": label, "measure": "fc_rmsd", "value": v, "residual": v})
             elif name.endswith("_timeseries.tsv") and "desc-carpet" not in name:
-                a = _table(f).select_dtypes("number").to_numpy()
-                b = _table(g).select_dtypes("number").to_numpy()
+                ta, tb = _table(f).select_dtypes("number"), _table(g).select_dtypes("number")
+                if "desc-confounds" in name:
+                    # the columns both runs have: CompCor keeps as many components as reach 50%
+                    # of the variance, and spike regressors follow each run's outliers
+                    common = [c for c in ta.columns if c in tb.columns]
+                    ta, tb = ta[common], tb[common]
+                a, b = ta.to_numpy(), tb.to_numpy()
                 r = timeseries_correlation(a, b, time_shift)
                 measure = "confounds_corr" if "desc-confounds" in name else "timeseries_corr"
                 rows.append({"output": label, "measure": measure, "value": r, "residual": 1 - r})
