@@ -302,6 +302,66 @@ def run(
     return markdown, rows
 
 
+def rerun_symprep(
+    rows_path: Path,
+    seed: int,
+    write: bool = True,
+    warp_amplitude: float = 3.0,
+    threads: int = 1,
+    options=None,
+) -> tuple[str, list[dict]]:
+    """Rerun method (a) only, with the current default options, on the cases of a saved run
+    (``--save-rows``), keeping its baselines (b, c): for a change of symprep's defaults, the
+    baselines being unchanged code on the same generated subjects."""
+    from pipeline.anat.bias import n4_correct
+    from pipeline.anat.header import sanitize_t1w
+    from pipeline.anat.options import AnatOptions
+    from pipeline.anat.registration import register_to_template
+    from pipeline.data.demo import brain_centre
+    from pipeline.data.templates import load_template
+
+    rows = json.loads(Path(rows_path).read_text())
+    template = load_template(2)
+    centre = brain_centre(template)
+    mask = template.mask.get_fdata() > 0
+    ijk = np.argwhere(mask)
+    points = ijk @ template.t1w.affine[:3, :3].T + template.t1w.affine[:3, 3]
+    anatomy_values = template.t1w.get_fdata()[mask]
+    options = options or AnatOptions()
+    cases = {c["case"]: c for c in _cases(len(rows), seed)}
+    variants = VARIANTS if "u_err_a" in rows[0] else ("posed",)
+    markdown = ""
+    with tempfile.TemporaryDirectory() as tmp:
+        for row in tqdm(rows, desc="subjects (symprep only)", unit="subject"):
+            case = cases[row["case"]]
+            for variant in variants:
+                subject = Subject(
+                    template, centre, points, case, variant == "posed", warp_amplitude
+                )
+                key = "" if variant == "posed" else "u_"
+                clean, _ = sanitize_t1w(subject.image)
+                clean = n4_correct(clean, options.n4_shrink_factor)
+                t0 = time.perf_counter()
+                result = register_to_template(
+                    clean,
+                    template.t1w,
+                    template.mask,
+                    Path(tmp) / f"{row['case']}_{variant}",
+                    options,
+                    seed=0,
+                )
+                row[f"{key}time_a"] = time.perf_counter() - t0
+                row[f"{key}rejected_a"] = sum(not st.accepted for st in result.stages)
+                mapped = _map_points(points, [str(result.forward)])
+                row[f"{key}err_a"] = _error(mapped, subject.truth)
+                row[f"{key}rho_a"] = _rho(subject, mapped, anatomy_values)
+            markdown = _markdown(rows, len(rows), seed, warp_amplitude, threads, variants)
+            if write:
+                write_section(SECTION, markdown)
+            Path(rows_path).write_text(json.dumps(rows, indent=1))
+    return markdown, rows
+
+
 # --------------------------------------------------------------------------- report
 
 
@@ -428,6 +488,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--posed-only", action="store_true", help="skip the un-posed inputs")
     parser.add_argument("--no-write", action="store_true", help="print, do not update RESULTS.md")
     parser.add_argument("--save-rows", type=Path, help="also dump the per-subject rows (JSON)")
+    parser.add_argument(
+        "--rerun-symprep",
+        type=Path,
+        metavar="ROWS",
+        help="rerun only (a) with the current defaults on a saved run's cases (its baselines kept)",
+    )
     args = parser.parse_args(argv)
     # ITK reads its thread count once, when ANTs first loads: set it before any import of ants
     os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(args.threads)
@@ -435,6 +501,12 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     torch.set_num_threads(args.threads)
+    if args.rerun_symprep:
+        markdown, _ = rerun_symprep(
+            args.rerun_symprep, args.seed, not args.no_write, args.warp_mm, args.threads
+        )
+        print(markdown)
+        return
     variants = ("posed",) if args.posed_only else VARIANTS
     markdown, _ = run(
         args.n,
