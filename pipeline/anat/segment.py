@@ -115,10 +115,6 @@ def initial_brain_mask(
     return _image(mask.astype(np.uint8), t1w)
 
 
-#: backwards-compatible name of the first step
-brain_mask = initial_brain_mask
-
-
 @dataclass
 class Segmentation:
     """Tissue probabilities of one subject, with how they were obtained."""
@@ -266,20 +262,6 @@ def hard_segmentation(probabilities: dict[str, np.ndarray], mask: np.ndarray) ->
     stack = np.stack([probabilities[k] for k in TISSUES])
     labels = np.asarray([DSEG_LABELS[k] for k in TISSUES], dtype=np.uint8)[np.argmax(stack, 0)]
     return np.where(mask, labels, 0).astype(np.uint8)
-
-
-def tissue_maps(
-    t1w: nib.spatialimages.SpatialImage,
-    mask: nib.spatialimages.SpatialImage,
-    priors: dict[str, nib.spatialimages.SpatialImage],
-    inverse: str | os.PathLike[str],
-    method: Literal["atropos", "priors"] = "atropos",
-    prior_weight: float = 0.1,
-) -> dict[str, nib.Nifti1Image]:
-    """GM/WM/CSF probability maps inside ``mask`` (no mask refinement), summing to 1 there."""
-    seg = segment_tissues(t1w, mask, priors, inverse, method, prior_weight)
-    m = np.asarray(mask.get_fdata()) > 0
-    return {k: _image(v, t1w) for k, v in normalise_probabilities(seg.probabilities, m).items()}
 
 
 def segment_subject(

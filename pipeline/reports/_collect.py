@@ -101,7 +101,6 @@ def collect_subject(output_dir: Path, subject: str, bids_dir: Path | None = None
             out.runs.setdefault(_run_of(hit), {})[key] = hit
     for hit in find_outputs(ROI_OUTPUTS["relmat"], out.output_dir, sub):
         out.run_relmats.setdefault(_run_of(hit), []).append(hit)
-    out.runs = dict(sorted(out.runs.items()))
     for label in out.run_relmats:
         out.runs.setdefault(label, {})
     out.runs = dict(sorted(out.runs.items()))
