@@ -14,12 +14,13 @@ __all__ = ["ALL_MODEL_NAMES", "MODEL_NAMES", "build_model"]
 #: classifiers/regressors of the symmetry grid
 MODEL_NAMES = ("cnn", "octahedral", "steerable", "relaxed")
 #: every name build_model accepts (the VAE's forward returns the latent mean)
-ALL_MODEL_NAMES = (*MODEL_NAMES, "vae")
+ALL_MODEL_NAMES = (*MODEL_NAMES, "vae", "roiset")
 
 
 def _classes() -> dict[str, type[nn.Module]]:
     from pipeline.models.cnn import CNN3d
     from pipeline.models.octahedral import OctahedralCNN, RelaxedOctahedralCNN
+    from pipeline.models.roiset import RoiSet
     from pipeline.models.steerable import SteerableCNN
     from pipeline.models.vae import VAE
 
@@ -29,6 +30,7 @@ def _classes() -> dict[str, type[nn.Module]]:
         "steerable": SteerableCNN,
         "relaxed": RelaxedOctahedralCNN,
         "vae": VAE,
+        "roiset": RoiSet,  # ROI tokens (B, N, F), permutation invariant
     }
 
 
