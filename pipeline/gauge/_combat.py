@@ -188,16 +188,9 @@ class ComBat(BaseEstimator):
                 f"covariates {self.encoding_.names} are collinear with the sites or each other "
                 f"(design rank {rank} < {design.shape[1]} columns)"
             )
-        if not self.parametric and self.eb and p > self.max_nonparametric_features:
-            raise HarmonizationError(
-                f"parametric=False is O(n_features^2): {p} features exceed "
-                f"max_nonparametric_features={self.max_nonparametric_features}"
-            )
+        self._check_feature_count(p)
         n_sites = len(self.sites_)
         proj = np.linalg.inv(design.T @ design) @ design.T
-        # gamma_hat = (E'E)^-1 E' s  with  E' s = G' (per-site sums),  G = E's row per site
-        site_rows = site_design(np.arange(len(self.sites_)), len(self.sites_), self.ref_level_)
-        site_gram_inv = np.linalg.inv(site_part.T @ site_part)
         # subjects sorted by site: each site is a contiguous slice (views, no copies)
         order = np.argsort(idx, kind="stable")
         sorted_already = bool(np.all(order == np.arange(n)))
@@ -243,6 +236,34 @@ class ComBat(BaseEstimator):
                 dev = np.subtract(blk, m, out=tmp[edges[i] : edges[i + 1]])
                 mean_s[i, sl] = m
                 ss[i, sl] = np.einsum("ij,ij->j", dev, dev)
+        return self._fit_from_moments(counts, mean_s, ss, beta, grand_mean, var_pooled, constant)
+
+    def _check_feature_count(self, p: int) -> None:
+        if not self.parametric and self.eb and p > self.max_nonparametric_features:
+            raise HarmonizationError(
+                f"parametric=False is O(n_features^2): {p} features exceed "
+                f"max_nonparametric_features={self.max_nonparametric_features}"
+            )
+
+    def _fit_from_moments(
+        self,
+        counts: np.ndarray,
+        mean_s: np.ndarray,
+        ss: np.ndarray,
+        beta: np.ndarray,
+        grand_mean: np.ndarray,
+        var_pooled: np.ndarray,
+        constant: np.ndarray,
+    ) -> ComBat:
+        """Finish a fit from per-site moments of the standardized data (``sites_``,
+        ``ref_level_`` and ``encoding_`` set): L/S estimates, priors and EB adjustments.
+
+        ``mean_s``, ``ss`` (n_sites, n_features) are each site's mean and centred sum of squares
+        of :math:`s_{kv}`; the map-reduce and distributed fits (:mod:`._moments`) call this too,
+        so every fit shares one EB code path.
+        """
+        n_sites = len(self.sites_)
+        p = grand_mean.shape[0]
         self.n_features_in_ = p
         self.beta_, self.grand_mean_, self.var_pooled_ = beta, grand_mean, var_pooled
         self.constant_features_ = constant
@@ -253,6 +274,8 @@ class ComBat(BaseEstimator):
         if constant.all():
             raise HarmonizationError("X has only constant features: nothing to harmonize")
 
+        site_rows = site_design(np.arange(n_sites), n_sites, self.ref_level_)
+        site_gram_inv = np.linalg.inv(site_rows.T @ (counts[:, None] * site_rows))
         gamma_hat = site_gram_inv @ (site_rows.T @ (counts[:, None] * mean_s))
         delta_hat = ss / (counts[:, None] - 1.0)
         if self.mean_only:
@@ -430,21 +453,9 @@ class ComBat(BaseEstimator):
         n = source.n_subjects
         labels = check_batch(batch, n)
         new_sites = site_levels(labels)
-        known = [str(s) for s in new_sites if s in self.sites_]
-        if known:
-            raise UnseenSiteError(f"add_sites got site(s) already in the model: {', '.join(known)}")
         idx = site_index(labels, new_sites)
         counts = np.bincount(idx, minlength=len(new_sites))
-        few = [
-            f"{s} ({c})"
-            for s, c in zip(new_sites, counts, strict=True)
-            if c < max(2, self.min_new_site_subjects)
-        ]
-        if few:
-            raise UnseenSiteError(
-                f"unseen site(s) with too few subjects: {', '.join(few)}; "
-                f"min_new_site_subjects={self.min_new_site_subjects}"
-            )
+        self._check_new_sites(new_sites, counts)
         cov_part = self.encoding_.transform(covariates, n)
         m = len(new_sites)
         p = self.n_features_in_
@@ -457,6 +468,34 @@ class ComBat(BaseEstimator):
             for i, rows in enumerate(members):
                 mean_s[i, sl] = s[rows].mean(axis=0)
                 ss[i, sl] = ((s[rows] - mean_s[i, sl]) ** 2).sum(axis=0)
+        return self._add_sites_from_moments(new_sites, counts, mean_s, ss, priors)
+
+    def _check_new_sites(self, new_sites: list[Any], counts: np.ndarray) -> None:
+        known = [str(s) for s in new_sites if s in self.sites_]
+        if known:
+            raise UnseenSiteError(f"add_sites got site(s) already in the model: {', '.join(known)}")
+        few = [
+            f"{s} ({c})"
+            for s, c in zip(new_sites, counts, strict=True)
+            if c < max(2, self.min_new_site_subjects)
+        ]
+        if few:
+            raise UnseenSiteError(
+                f"unseen site(s) with too few subjects: {', '.join(few)}; "
+                f"min_new_site_subjects={self.min_new_site_subjects}"
+            )
+
+    def _add_sites_from_moments(
+        self,
+        new_sites: list[Any],
+        counts: np.ndarray,
+        mean_s: np.ndarray,
+        ss: np.ndarray,
+        priors: str,
+    ) -> ComBat:
+        """Append unseen sites from the moments of their data standardized with the frozen
+        model (shared by :meth:`add_sites` and the map-reduce / distributed paths)."""
+        m, p = mean_s.shape
         delta_hat = ss / (counts[:, None] - 1.0)
         if self.mean_only:
             delta_hat = np.ones_like(delta_hat)
