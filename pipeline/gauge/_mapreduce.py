@@ -236,8 +236,7 @@ def site_moments(
     per_block = []
     for c0, c1 in _edges(p, cols):
         level = [
-            map_task(shared, r0, r1, c0, c1, codes[r0:r1], C[r0:r1])
-            for r0, r1 in _edges(n, rows)
+            map_task(shared, r0, r1, c0, c1, codes[r0:r1], C[r0:r1]) for r0, r1 in _edges(n, rows)
         ]
         while len(level) > 1:  # binary tree: log2(subject blocks) merges deep
             level = [
@@ -396,9 +395,7 @@ def transform_mapreduce(
             pure=True,
         )
         for r0, r1 in _edges(n, rows):
-            tasks.append(
-                apply_task(shared, r0, r1, c0, c1, params, codes[r0:r1], C[r0:r1], target)
-            )
+            tasks.append(apply_task(shared, r0, r1, c0, c1, params, codes[r0:r1], C[r0:r1], target))
             where.append((r0, r1, c0, c1))
     if target is not None:
         _compute(tasks, client)

@@ -242,7 +242,9 @@ def fit_from_moments(
     elif est.ref_batch in est.sites_:
         est.ref_level_ = est.sites_.index(est.ref_batch)
     else:
-        raise HarmonizationError(f"ref_batch {est.ref_batch!r} is not one of the sites {est.sites_}")
+        raise HarmonizationError(
+            f"ref_batch {est.ref_batch!r} is not one of the sites {est.sites_}"
+        )
     est.encoding_ = encoding
     p = widths.pop()
     est._check_feature_count(p)
