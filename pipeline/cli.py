@@ -12,6 +12,7 @@
     symprep train ...                  # train a model (see symprep train --help)
     symprep audit BIDS_DIR OUTPUT_DIR --participant-label X --n-transforms K
     symprep reports BIDS_DIR OUTPUT_DIR   # rebuild the HTML reports from existing outputs
+    symprep harmonize {site-stats,fit,apply} ...  # distributed ComBat across sites
 
 User errors (:class:`pipeline.errors.SymprepError`) are printed as one line, without a traceback,
 and the exit status is non-zero; ``--debug`` shows the traceback. No parser accepts abbreviated
@@ -39,6 +40,7 @@ SUBCOMMANDS = {
     "train": "pipeline.commands.train",
     "audit": "pipeline.commands.audit",
     "reports": "pipeline.commands.reports",
+    "harmonize": "pipeline.commands.harmonize",
 }
 
 
