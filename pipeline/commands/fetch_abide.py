@@ -47,7 +47,12 @@ def run(args: argparse.Namespace) -> int:
 
     if args.preprocessed:
         fetch_abide_preprocessed(
-            args.out, args.site, args.n_subjects, args.pipeline, tuple(args.derivatives)
+            args.out,
+            args.site,
+            args.n_subjects,
+            args.pipeline,
+            tuple(args.derivatives),
+            base_url=args.base_url,
         )
     else:
         fetch_abide_raw(

@@ -25,7 +25,7 @@ logger = logging.getLogger(__name__)
 
 # command-line flag -> ModelOptions field (only flags given on the command line override)
 _FLAGS: dict[str, dict[str, Any]] = {
-    "model": {"choices": ["cnn", "octahedral", "steerable", "relaxed", "vae"]},
+    "model": {"choices": ["cnn", "octahedral", "steerable", "relaxed", "vae", "roiset"]},
     "target": {},
     "task": {"choices": ["auto", "classification", "regression"]},
     "input_pattern": {},
@@ -85,6 +85,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--no-resume", action="store_true", help="start afresh, ignoring a checkpoint")
     p.add_argument("--no-amp", action="store_true", help="disable mixed precision on CUDA")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    from pipeline.models.roi_experiment import add_arguments as add_roi_arguments
+
+    add_roi_arguments(p)  # --model roiset: ROI series, leave-site-out CV, ComBat, baselines
     p.set_defaults(func=run)
     return p
 
@@ -117,6 +120,13 @@ def run(args: argparse.Namespace) -> int:
 
         base = load_config(args.config).models
     opts = options_from_args(args, base)
+    if opts.model == "roiset":  # FC of ROI series, leave-site-out CV beside the baselines
+        from pipeline.models.roi_experiment import run_from_args
+
+        overall = run_from_args(args, opts)["overall"]
+        logger.info("leave-site-out accuracy: %s", ", ".join(
+            f"{m} {v['accuracy']:.3f}" for m, v in overall.items()))  # fmt: skip
+        return 0
     out = args.output_dir or Path(args.derivatives_dir) / "group" / "models" / opts.model
     metrics = train_from_bids(args.bids_dir, args.derivatives_dir, out, opts)
     test = metrics.get("test", {})

@@ -33,6 +33,8 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_BASE_URL = "https://s3.amazonaws.com/fcp-indi"
 RAW_PREFIX = "data/Projects/ABIDE/RawDataBIDS"
+#: ABIDE Preprocessed (PCP) under the same bucket (nilearn's default URL)
+PCP_PREFIX = "data/Projects/ABIDE_Initiative"
 ABIDE_SITES = (
     "CMU",
     "Caltech",
@@ -252,9 +254,16 @@ def fetch_abide_preprocessed(
     pipeline: str = "cpac",
     derivatives: tuple[str, ...] = ("func_preproc",),
     url: str | None = None,
+    base_url: str | None = None,
 ):
-    """ABIDE Preprocessed derivatives via :func:`nilearn.datasets.fetch_abide_pcp`."""
+    """ABIDE Preprocessed derivatives via :func:`nilearn.datasets.fetch_abide_pcp`.
+
+    ``base_url`` (the bucket, as for the raw data) sets ``url`` to its :data:`PCP_PREFIX`.
+    """
     from nilearn.datasets import fetch_abide_pcp
+
+    if url is None and base_url is not None:
+        url = f"{base_url.rstrip('/')}/{PCP_PREFIX}"
 
     return fetch_abide_pcp(
         data_dir=str(out_dir),

@@ -17,7 +17,7 @@ class ModelOptions(StrictOptions):
     """Group model stage: rotation-equivariant 3D CNNs and the VAE."""
 
     enabled: bool = Field(False, description="Train models in the group stage.")
-    model: Literal["cnn", "octahedral", "steerable", "relaxed", "vae"] = Field(
+    model: Literal["cnn", "octahedral", "steerable", "relaxed", "vae", "roiset"] = Field(
         "steerable",
         description="Architecture: plain 3D CNN, octahedral group CNN, SO(3)-steerable CNN (e3nn), "
         "relaxed (approximately equivariant) octahedral CNN, or the 3D VAE (unsupervised; "
