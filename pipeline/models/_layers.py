@@ -2,17 +2,14 @@ r"""Layers shared by every model: anti-aliased strided pooling, input-size rules
 
 Stride lattice and exact invariance
 -----------------------------------
-A stride-2 layer with a symmetric kernel and padding ``size // 2`` samples input indices
+A stride-2 layer with a symmetric odd kernel and padding ``size // 2`` samples input indices
 :math:`0, 2, 4, \dots`. That set is mapped onto itself by the reversal :math:`i \mapsto N-1-i`
-(and hence by all 24 rotations of a cube) only when :math:`N` is odd. With ``L`` downsampling
-stages every level must stay odd, i.e. the input side must satisfy
-
-.. math::
-
-    N \equiv 1 \pmod{2^L}, \qquad\text{e.g. } L = 2: 17, 21, 25, 33, 65;\ L = 3: 17, 25, 33, 65, 97.
-
-:func:`centred_size` gives the smallest such size and :func:`pad_to_centred` pads symmetrically.
-For other sizes the models run but the cube-rotation invariance is only approximate.
+(and hence by all 24 rotations of a cube) only when :math:`N` is odd; for even :math:`N` the
+lattice of pairs :math:`(2j, 2j+1)` is the symmetric one. :class:`BlurPool3d` picks the lattice
+from each axis's parity at run time, so every model built on it (``cnn``, ``octahedral``,
+``relaxed``, ``steerable``) commutes with the cube rotations at *any* input size, cubic or not:
+no padding is needed. :func:`centred_size` and :func:`pad_to_centred` remain for callers that want
+the classic :math:`N \equiv 1 \pmod{2^L}` grids (e.g. 17, 33, 65, 97 for ``L`` ≤ 4).
 """
 
 from __future__ import annotations
@@ -50,48 +47,95 @@ def pad_to_centred(x: torch.Tensor, levels: int) -> torch.Tensor:
 
 
 class BlurPool3d(nn.Module):
-    r"""Anti-aliased downsampling: isotropic Gaussian blur, then stride 2 (Zhang 2019).
+    r"""Anti-aliased downsampling: isotropic Gaussian blur, then stride 2 (Zhang 2019), on a
+    lattice that is symmetric about the grid centre at *any* input size.
 
     .. math::
 
         k(u) \propto \exp\!\big(-\lVert S u \rVert^2 / 2\sigma^2\big),
-        \quad \sigma = \tfrac{1}{2}\sqrt{s^2 - 1}\, \min_i S_{ii}
+        \quad \sigma = \tfrac{1}{2}\sqrt{s^2 - 1}\, \min_i S_{ii} \cdot \text{sharpness}^{-1}
 
     with scale :math:`s = 2`. The kernel depends only on the physical distance, so it commutes
     with rotations and acts identically on every channel (scalars or irreps components).
+
+    Along an axis of odd length :math:`N` the kernel has odd support and is centred on the even
+    indices :math:`0, 2, \dots, N-1` (:math:`(N+1)/2` outputs); along an axis of even length it
+    has even support, is sampled at half-integer offsets and centred between voxels
+    :math:`2j, 2j+1` (:math:`N/2` outputs). Both output lattices are mapped onto themselves by the
+    reversal :math:`i \mapsto N-1-i`, so the 24 cube rotations (and axis reversals) commute with
+    the layer exactly, whatever the size. The kernels are built per input parity and cached.
 
     Parameters
     ----------
     steps : tuple of float, default=(1, 1, 1)
         Voxel sizes along the three axes (physical units).
+    stride : int, default=2
+        Subsampling factor (only 2 keeps the parity rule above).
+    sigma : float, optional
+        Gaussian width in physical units (default: the formula above, about 0.87 voxel).
     """
 
     def __init__(
-        self, steps: tuple[float, float, float] = (1.0, 1.0, 1.0), stride: int = 2
+        self,
+        steps: tuple[float, float, float] = (1.0, 1.0, 1.0),
+        stride: int = 2,
+        sigma: float | None = None,
     ) -> None:
         super().__init__()
-        scale = float(stride)
-        sigma = 0.5 * math.sqrt(scale**2 - 1) * min(steps)
-        half = [max(1, math.floor(2.5 * sigma / s)) for s in steps]
-        axes = [
-            torch.arange(-h, h + 1, dtype=torch.float32) * s
-            for h, s in zip(half, steps, strict=True)
-        ]
-        grid = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1)
-        kernel = torch.exp(-grid.pow(2).sum(-1) / (2 * sigma**2))
-        self.register_buffer("kernel", (kernel / kernel.sum())[None, None])
-        self.padding = tuple(half)
+        if stride != 2:
+            raise ValueError(f"BlurPool3d supports stride 2 only, got {stride}")
+        self.steps = tuple(float(s) for s in steps)
+        self.sigma = float(sigma) if sigma is not None else 0.5 * math.sqrt(3.0) * min(steps)
         self.stride = stride
+        self._kernels: dict[tuple, tuple[tuple[torch.Tensor, int], ...]] = {}
+        # the odd-size kernel, kept as a buffer (checkpoints of earlier versions carry it)
+        self.register_buffer("kernel", self._build((True, True, True))[0].float())
+
+    def _taps(self, is_odd: bool, step: float) -> tuple[torch.Tensor, int]:
+        """1-D Gaussian taps along one axis (odd or even support) and the padding."""
+        reach = 2.5 * self.sigma / step  # support radius in voxels
+        if is_odd:
+            half = max(1, math.floor(reach))
+            offsets = torch.arange(-half, half + 1, dtype=torch.float64)
+            pad = half
+        else:  # centred between two voxels: offsets ±0.5, ±1.5, ...
+            half = max(1, math.floor(reach + 0.5))
+            offsets = torch.arange(-half, half, dtype=torch.float64) + 0.5
+            pad = half - 1
+        taps = torch.exp(-((offsets * step) ** 2) / (2 * self.sigma**2))
+        return taps / taps.sum(), pad
+
+    def _build(self, odd: tuple[bool, bool, bool]) -> tuple[torch.Tensor, tuple[int, ...]]:
+        """Dense kernel ``(1, 1, kx, ky, kz)`` and padding for inputs whose sides have parities
+        ``odd``: the outer product of the 1-D taps (a sampled isotropic Gaussian factorises)."""
+        taps, pads = zip(
+            *(self._taps(o, s) for o, s in zip(odd, self.steps, strict=True)), strict=True
+        )
+        kernel = torch.einsum("i,j,k->ijk", *taps)
+        return kernel[None, None], tuple(pads)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Blur and subsample ``x`` of shape ``(B, C, X, Y, Z)`` (each channel alike)."""
+        """Blur and subsample ``x`` of shape ``(B, C, X, Y, Z)`` (each channel alike).
+
+        Computed as three 1-D strided convolutions (the Gaussian is separable), which is the
+        same map as the dense 3-D kernel of :meth:`_build` at a fraction of the cost (notably in
+        the backward pass).
+        """
+        odd = tuple(bool(n % 2) for n in x.shape[-3:])
+        key = (odd, x.device, x.dtype)
+        if key not in self._kernels:
+            self._kernels[key] = tuple(  # type: ignore[assignment]
+                (t.to(device=x.device, dtype=x.dtype), p)
+                for t, p in (self._taps(o, s) for o, s in zip(odd, self.steps, strict=True))
+            )
         b, c = x.shape[:2]
-        y = F.conv3d(
-            x.reshape(b * c, 1, *x.shape[2:]),
-            self.kernel.to(x.dtype),
-            stride=self.stride,
-            padding=self.padding,
-        )
+        y = x.reshape(b * c, 1, *x.shape[2:])
+        for axis, (taps, pad) in enumerate(self._kernels[key]):  # type: ignore[misc]
+            shape = [1, 1, 1, 1, 1]
+            shape[2 + axis] = taps.numel()
+            stride, padding = [1, 1, 1], [0, 0, 0]
+            stride[axis], padding[axis] = self.stride, pad
+            y = F.conv3d(y, taps.view(shape), stride=tuple(stride), padding=tuple(padding))
         return y.reshape(b, c, *y.shape[2:])
 
 

@@ -7,6 +7,9 @@
 - :mod:`._actions`: translations and rigid motions, header-only actions on images (axis
   permutations, orientation codes, header poses), intensity gauges (gain, monotone contrast, bias
   field, Rician noise), circular time shifts, permutations of set elements.
+- :mod:`._harness`: the SO(3) invariance harness: band-limited volumes, quintic-spline
+  rotations, the round-trip floor and the input-to-input spread as the unit
+  (:func:`so3_invariance`).
 - :mod:`._lie`: Lie derivatives along the rotation generators by a JVP through the resampler.
 
 An *action* is any callable on a batch of volumes; resampled actions also have ``inverse()``.
@@ -33,6 +36,12 @@ from pipeline.symmetry._cube import (
     cube_rotations,
     rotate_cube,
 )
+from pipeline.symmetry._harness import (
+    So3Invariance,
+    smooth_volumes,
+    so3_invariance,
+    spline_rotate,
+)
 from pipeline.symmetry._lie import lie_derivative, lie_derivative_norm, rotation_generators
 from pipeline.symmetry._measures import equivariance_error, relative_error, resampling_floor
 from pipeline.symmetry._resample import Rotation, rotate_image, rotate_volume
@@ -54,6 +63,7 @@ __all__ = [
     "RigidMotion",
     "Rotation",
     "SetPermutation",
+    "So3Invariance",
     "TimeShift",
     "Translation",
     "VoxelShift",
@@ -74,4 +84,7 @@ __all__ = [
     "rotate_volume",
     "rotation_angle",
     "rotation_generators",
+    "smooth_volumes",
+    "so3_invariance",
+    "spline_rotate",
 ]
