@@ -28,7 +28,6 @@ import contextlib
 import logging
 import mmap
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -56,18 +55,34 @@ BLOCK_BYTES = 32 << 20
 
 # ---------------------------------------------------------------------------------- sources
 class MemmapSource:
-    """Blocks of a memory-mapped 2-D array, reopened by file name in each task (picklable)."""
+    """Blocks of a memory-mapped 2-D array, reopened by file name in each task (picklable).
 
-    def __init__(self, arr: np.memmap) -> None:
+    ``rows`` selects (and orders) a subset of the rows without copying the file.
+    """
+
+    def __init__(self, arr: np.memmap, rows: np.ndarray | None = None) -> None:
         self.filename = str(arr.filename)
         self.offset = int(arr.offset)
         self.dtype = arr.dtype
-        self.shape = tuple(int(s) for s in arr.shape)
+        self.file_shape = tuple(int(s) for s in arr.shape)
+        self.rows = None if rows is None else np.asarray(rows, dtype=np.intp)
+        n = self.file_shape[0] if self.rows is None else int(self.rows.size)
+        self.shape = (n, self.file_shape[1])
+
+    def take(self, rows: np.ndarray) -> MemmapSource:
+        """The same file restricted to ``rows`` (indices into this source's rows)."""
+        rows = np.asarray(rows, dtype=np.intp)
+        new = MemmapSource.__new__(MemmapSource)
+        new.__dict__.update(self.__dict__)
+        new.rows = rows if self.rows is None else self.rows[rows]
+        new.shape = (int(rows.size), self.file_shape[1])
+        return new
 
     def read(self, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
         """Rows ``r0:r1``, columns ``c0:c1`` as float64."""
-        mm = np.memmap(self.filename, self.dtype, "r", self.offset, self.shape)
-        out = np.array(mm[r0:r1, c0:c1], dtype=np.float64)
+        mm = np.memmap(self.filename, self.dtype, "r", self.offset, self.file_shape)
+        sel = slice(r0, r1) if self.rows is None else self.rows[r0:r1]
+        out = np.array(mm[sel, c0:c1], dtype=np.float64)
         _release(mm)
         del mm
         return out
@@ -86,32 +101,6 @@ class ArraySource:
         if is_dask(block):
             block = block.compute(scheduler="sync")
         return np.array(block, dtype=np.float64)
-
-
-class NiftiSource:
-    """Rows are subjects' maps (NIfTI files) restricted to the in-mask voxels ``flat_index``.
-
-    A map is decompressed whole, so its blocks span every feature (``whole_rows``).
-    """
-
-    whole_rows = True
-
-    def __init__(
-        self, paths: Sequence[str | Path], flat_index: np.ndarray, grid: tuple[int, ...]
-    ) -> None:
-        self.paths = [str(p) for p in paths]
-        self.flat_index = np.asarray(flat_index)
-        self.grid = tuple(int(g) for g in grid)
-        self.shape = (len(self.paths), int(self.flat_index.size))
-
-    def read(self, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
-        """Subjects ``r0:r1``, voxels ``c0:c1`` as float64."""
-        from pipeline.gauge._voxelwise import _masked_row
-
-        out = np.empty((r1 - r0, c1 - c0))
-        for k, path in enumerate(self.paths[r0:r1]):
-            out[k] = _masked_row(path, self.flat_index, self.grid)[c0:c1]
-        return out
 
 
 def as_source(X: Any) -> Any:
@@ -208,7 +197,8 @@ def site_moments(
 
     Parameters
     ----------
-    X : array-like, numpy.memmap, dask array or a source (:class:`NiftiSource`)
+    X : array-like, numpy.memmap, dask array or a source
+        (e.g. :class:`pipeline.gauge._voxelwise.NiftiSource`: subjects' NIfTI maps)
         ``(n_subjects, n_features)``.
     codes : ndarray of int, shape (n_subjects,)
         Site code of each row.

@@ -6,9 +6,10 @@ memory (ABIDE at 2 mm: 1,100 × 228,000). The stage runs in four steps:
 1. **load** (parallel, on the dask cluster of :mod:`pipeline.dask_cluster`): each subject's map is
    read, intensity-normalized (T1w: ``gauge.intensity_method``) and masked by one task; the client streams the rows into a float32 memory-mapped matrix
    in the work folder, in subject order;
-2. **fit** :class:`~pipeline.gauge.ComBat` on the training subjects (a lazy ``dask.array`` view of
-   the memmap selects them without a copy) and **transform** everyone into a second memmap, block
-   by block over voxels, so memory stays at a few feature blocks;
+2. **fit** :class:`~pipeline.gauge.ComBat` on the training subjects and **transform** everyone
+   into a second memmap as a map-reduce over blocks of subjects × voxels on the same cluster
+   (:mod:`pipeline.gauge._mapreduce`): the workers read the blocks from the memmap and write the
+   harmonized blocks themselves, so each process holds a few blocks whatever the cohort size;
 3. **write** one harmonized NIfTI per subject (parallel tasks, atomic writes);
 4. **QC** on a seeded sample of voxels (``gauge.qc_max_features``): site prediction before and
    after with the harmonizer fitted inside each fold, biological t-maps kept, the same tables and
@@ -20,7 +21,7 @@ The memmaps are deleted at the end; they hold nothing the outputs don't.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
+from pipeline.gauge._combat import ComBat
 from pipeline.gauge._errors import HarmonizationError
 from pipeline.gauge._stream import _release
 from pipeline.gauge.options import GaugeOptions
@@ -69,6 +71,31 @@ def _masked_row(
     if normalize is not None:
         data = normalize(data)
     return data.reshape(-1)[flat_index]
+
+
+class NiftiSource:
+    """A block source (:mod:`pipeline.gauge._mapreduce`) whose rows are subjects' NIfTI maps
+    restricted to the in-mask voxels ``flat_index``: map-reduce ComBat reads the maps directly.
+
+    A map is decompressed whole, so its blocks span every feature (``whole_rows``).
+    """
+
+    whole_rows = True
+
+    def __init__(
+        self, paths: Sequence[str | Path], flat_index: np.ndarray, grid: tuple[int, ...]
+    ) -> None:
+        self.paths = [str(p) for p in paths]
+        self.flat_index = np.asarray(flat_index)
+        self.grid = tuple(int(g) for g in grid)
+        self.shape = (len(self.paths), int(self.flat_index.size))
+
+    def read(self, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
+        """Subjects ``r0:r1``, voxels ``c0:c1`` as float64."""
+        out = np.empty((r1 - r0, c1 - c0))
+        for k, path in enumerate(self.paths[r0:r1]):
+            out[k] = _masked_row(path, self.flat_index, self.grid)[c0:c1]
+        return out
 
 
 def _row_or_error(
@@ -152,6 +179,69 @@ def _gather(client: Any, tasks: list[Any], desc: str) -> Any:
         future.release()
 
 
+def _combat_mapreduce(
+    model: ComBat,
+    raw: np.memmap,
+    train: np.ndarray,
+    site: np.ndarray,
+    cov: pd.DataFrame | None,
+    harmonized: np.memmap,
+    client: Any,
+) -> ComBat:
+    """Fit on the training rows, add unseen sites, apply to everyone: map-reduce over blocks on
+    the dask cluster, the workers reading ``raw`` and writing ``harmonized`` by file name."""
+    from pipeline.gauge._mapreduce import (
+        MemmapSource,
+        add_sites_mapreduce,
+        fit_mapreduce,
+        transform_mapreduce,
+    )
+
+    def rows(mask: np.ndarray) -> pd.DataFrame | None:
+        return None if cov is None else cov[mask].reset_index(drop=True)
+
+    source = MemmapSource(raw)
+    fitted = fit_mapreduce(
+        model, source.take(np.flatnonzero(train)), site[train], rows(train), client=client
+    )
+    unseen = ~np.isin(site, np.asarray(fitted.sites_, dtype=object))
+    if unseen.any():
+        add_sites_mapreduce(
+            fitted, source.take(np.flatnonzero(unseen)), site[unseen], rows(unseen), client=client
+        )
+    transform_mapreduce(fitted, source, site, cov, out=harmonized, client=client)
+    return fitted
+
+
+def _fit_apply_in_process(
+    model: Any,
+    raw: np.memmap,
+    train: np.ndarray,
+    site: np.ndarray,
+    cov: pd.DataFrame | None,
+    harmonized: np.memmap,
+) -> Any:
+    """A harmonizer other than ComBat: fit on a lazy row view of the memmap, then transform."""
+    import dask
+    import dask.array as da
+
+    n = raw.shape[0]
+    block = getattr(model, "block_features", None) or 20_000
+    train_X = raw
+    if not train.all():  # a lazy row selection (no copy); name given: no hashing of the file
+        view = da.from_array(raw, chunks=(n, block), asarray=True, name="voxelwise-raw")
+        train_X = view[np.flatnonzero(train)]
+    with dask.config.set(scheduler="threads"):  # the memmap lives here, not on workers
+        model.fit(train_X, site[train], None if cov is None else cov[train].reset_index(drop=True))
+    unseen = ~np.isin(site, np.asarray(model.sites_, dtype=object))
+    if unseen.any():
+        model.add_sites(
+            raw[unseen], site[unseen], None if cov is None else cov[unseen].reset_index(drop=True)
+        )
+    model.transform(raw, site, cov, out=harmonized)
+    return model
+
+
 def run_voxelwise_harmonization(
     maps: Mapping[str, str | Path],
     mask: nib.spatialimages.SpatialImage,
@@ -197,7 +287,6 @@ def run_voxelwise_harmonization(
         QC summary (as :func:`~pipeline.gauge.run_harmonization`) with ``n_voxels`` and paths.
     """
     import dask
-    import dask.array as da
 
     from pipeline.gauge._registry import build_harmonizer
     from pipeline.gauge._run import _check_inputs, train_mask, write_quality_control
@@ -252,24 +341,11 @@ def run_voxelwise_harmonization(
         cov = parts[list(options.covariates)].reset_index(drop=True) if options.covariates else None
 
         model = build_harmonizer(options)
-        block = model.block_features or 20_000
-        train_X = raw
-        if not train.all():  # a lazy row selection (no copy); name given: no hashing of the file
-            view = da.from_array(raw, chunks=(n, block), asarray=True, name="voxelwise-raw")
-            train_X = view[np.flatnonzero(train)]
-        with dask.config.set(scheduler="threads"):  # the memmap lives here, not on workers
-            model.fit(
-                train_X, site[train], None if cov is None else cov[train].reset_index(drop=True)
-            )
-        unseen = ~np.isin(site, np.asarray(model.sites_, dtype=object))
-        if unseen.any():
-            model.add_sites(
-                raw[unseen],
-                site[unseen],
-                None if cov is None else cov[unseen].reset_index(drop=True),
-            )
         harmonized = np.lib.format.open_memmap(harm_path, mode="w+", dtype=np.float32, shape=(n, p))
-        model.transform(raw, site, cov, out=harmonized)
+        if isinstance(model, ComBat):
+            model = _combat_mapreduce(model, raw, train, site, cov, harmonized, client)
+        else:  # another registered harmonizer: its own streaming fit in this process
+            model = _fit_apply_in_process(model, raw, train, site, cov, harmonized)
         harmonized.flush()
         del harmonized
 

@@ -137,3 +137,25 @@ def test_moments_refuse_non_finite(make_data):
     codes = np.unique(site, return_inverse=True)[1]
     with pytest.raises(Exception, match="NaN or Inf values in 1 feature.*column 7"):
         site_moments(X, codes, np.zeros((len(site), 0)))
+
+
+def test_reads_nifti_maps_directly(make_data, tmp_path):
+    import nibabel as nib
+
+    from pipeline.gauge._voxelwise import NiftiSource
+
+    X, site, cov = make_data(9, n_features=60)
+    grid = (4, 5, 6)
+    flat = np.sort(np.random.default_rng(0).choice(120, 60, replace=False))
+    paths = []
+    for k, row in enumerate(X.astype(np.float32)):
+        vol = np.zeros(120, np.float32)
+        vol[flat] = row
+        paths.append(tmp_path / f"s{k}.nii.gz")
+        nib.save(nib.Nifti1Image(vol.reshape(grid), np.eye(4)), paths[-1])
+    source = NiftiSource(paths, flat, grid)
+    model = fit_mapreduce(ComBat(), source, site, cov[["age"]], block_bytes=8 * 60 * 10)
+    X32 = X.astype(np.float32).astype(np.float64)
+    expected = ComBat().fit_transform(X32, site, cov[["age"]])
+    got = transform_mapreduce(model, source, site, cov[["age"]])
+    assert np.abs(got - expected).max() <= 1e-6
