@@ -1,6 +1,12 @@
 """Gauge stage: per-image intensity normalization and ComBat harmonization across sites."""
 
 from pipeline.gauge._combat import ComBat
+from pipeline.gauge._distributed import (
+    SiteStatistics,
+    add_site_statistics,
+    fit_site_statistics,
+    site_statistics,
+)
 from pipeline.gauge._errors import CovariateError, HarmonizationError, UnseenSiteError
 from pipeline.gauge._intensity import (
     NyulStandardizer,
@@ -9,6 +15,7 @@ from pipeline.gauge._intensity import (
     whitestripe_normalize,
     zscore_normalize,
 )
+from pipeline.gauge._mapreduce import add_sites_mapreduce, fit_mapreduce, transform_mapreduce
 from pipeline.gauge._persist import save_model
 from pipeline.gauge._qc import biology_kept, effect_maps, site_prediction
 from pipeline.gauge._registry import build_harmonizer, register_harmonizer
@@ -26,18 +33,25 @@ __all__ = [
     "CovariateError",
     "GaugeOptions",
     "HarmonizationError",
+    "SiteStatistics",
     "UnseenSiteError",
     "NyulStandardizer",
+    "add_site_statistics",
+    "add_sites_mapreduce",
     "biology_kept",
     "build_harmonizer",
     "register_harmonizer",
     "effect_maps",
     "fcm_normalize",
+    "fit_mapreduce",
+    "fit_site_statistics",
     "load_model",
     "normalize_t1w",
     "run_harmonization",
     "save_model",
     "site_prediction",
+    "site_statistics",
+    "transform_mapreduce",
     "whitestripe_normalize",
     "zscore_normalize",
 ]
