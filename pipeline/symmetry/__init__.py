@@ -10,7 +10,8 @@
 - :mod:`._harness`: the SO(3) invariance harness: band-limited volumes, quintic-spline
   rotations, the round-trip floor and the input-to-input spread as the unit
   (:func:`so3_invariance`).
-- :mod:`._lie`: Lie derivatives along the rotation generators by a JVP through the resampler.
+- :mod:`._lie`: Lie derivatives along the rotation generators by forward mode
+  (:func:`torch.func.jvp`) through a cubic resampler written in torch ops.
 
 An *action* is any callable on a batch of volumes; resampled actions also have ``inverse()``.
 """
@@ -42,9 +43,14 @@ from pipeline.symmetry._harness import (
     so3_invariance,
     spline_rotate,
 )
-from pipeline.symmetry._lie import lie_derivative, lie_derivative_norm, rotation_generators
+from pipeline.symmetry._lie import (
+    lie_derivative,
+    lie_derivative_norm,
+    rotate_by_angles,
+    rotation_generators,
+)
 from pipeline.symmetry._measures import equivariance_error, relative_error, resampling_floor
-from pipeline.symmetry._resample import Rotation, rotate_image, rotate_volume
+from pipeline.symmetry._resample import Rotation, cubic_resample, rotate_image, rotate_volume
 from pipeline.symmetry._so3 import (
     axis_angle_matrix,
     quaternion_matrix,
@@ -69,6 +75,7 @@ __all__ = [
     "VoxelShift",
     "axis_angle_matrix",
     "cube_multiplication_table",
+    "cubic_resample",
     "cube_rotations",
     "equivariance_error",
     "lie_derivative",
@@ -79,6 +86,7 @@ __all__ = [
     "reorient_image",
     "rigid_matrix",
     "resampling_floor",
+    "rotate_by_angles",
     "rotate_cube",
     "rotate_image",
     "rotate_volume",

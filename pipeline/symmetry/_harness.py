@@ -86,7 +86,7 @@ def smooth_volumes(
     axes = [np.arange(k) - (k - 1) / 2 for k in shape]
     r = np.sqrt(sum(a**2 for a in np.meshgrid(*axes, indexing="ij")))
     u = np.clip((r - 0.6 * r1) / (0.4 * r1), 0.0, 1.0)
-    window = np.cos(0.5 * np.pi * u) ** 2
+    window = np.where(u < 1.0, np.cos(0.5 * np.pi * u) ** 2, 0.0)
     out = np.empty((n, channels, *shape))
     for i in range(n):
         for c in range(channels):

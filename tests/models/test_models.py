@@ -95,3 +95,30 @@ def test_unknown_model_and_bad_hparams():
         build_model("cnn", 1, 2, lmax=3)
     with pytest.raises(ValueError, match="relaxed model needs banks >= 2"):
         build_model("relaxed", 1, 2, banks=1)
+
+
+def _cube_generators() -> list:
+    """90° about z and 120° about (1, 1, 1): together they generate all 24 cube rotations."""
+    quarter = [[0, -1, 0], [1, 0, 0], [0, 0, 1]]
+    third = [[0, 0, 1], [1, 0, 0], [0, 1, 0]]
+    return [g for g in cube_rotations() if g.matrix.tolist() in (quarter, third)]
+
+
+SMALL = {
+    "octahedral": {"widths": (1, 1, 2)},
+    "relaxed": {"widths": (1, 1, 2)},
+    "steerable": {"widths": ("2x0e + 1x1e", "2x0e + 1x1e", "2x0e"), "head_width": 8},
+}
+
+
+@pytest.mark.parametrize("name", sorted(SMALL))
+def test_cube_invariance_holds_at_any_input_size(name):
+    """Even, odd, ≢ 1 (mod 4) and non-cubic sides: the stride lattices stay centred by parity."""
+    gens = _cube_generators()
+    assert len(gens) == 2
+    model = build_model(name, 1, 3, **SMALL[name]).eval()
+    g = torch.Generator().manual_seed(3)
+    for shape in [(32,) * 3, (33,) * 3, (35,) * 3, (48,) * 3, (24, 29, 22)]:
+        x = torch.randn(1, 1, *shape, generator=g)
+        err = equivariance_error(model, x, [lambda v, h=h: rotate_cube(v, h) for h in gens])
+        assert err.max() <= 1e-5, f"{name} at {shape}: {err.max():.2e}"
