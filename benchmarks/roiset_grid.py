@@ -124,9 +124,9 @@ def run_grid(
     from pipeline.models import build_model
     from pipeline.models.options import ModelOptions
     from pipeline.models.roi_experiment import (
-        _split_validation,
-        _to_matrices,
+        edges_to_matrices,
         harmonize_fold,
+        stratified_holdout,
     )
     from pipeline.models.roiset import FlatMLP, permutation_error, permute_rois
 
@@ -151,13 +151,13 @@ def run_grid(
             a, b, _ = harmonize_fold(edges[tr], sites[tr], edges[te], sites[te])
             edges = edges.copy()
             edges[tr], edges[te] = a, b
-        mats = _to_matrices(edges, n)
+        mats = edges_to_matrices(edges, n)
         x_orig = torch.as_tensor(
             np.concatenate([mats, np.broadcast_to(coords, (n_sub, n, 3))], axis=2),
             dtype=torch.float32,
         )
         x_perm = permute_rois(x_orig, perms, matrix=True)
-        fit_pos, val_pos = _split_validation(y[tr], 0.2, seed * 100 + k)
+        fit_pos, val_pos = stratified_holdout(y[tr], 0.2, seed * 100 + k)
         fi, va = tr[fit_pos], tr[val_pos]
         yt = torch.as_tensor(y)
         opts = ModelOptions(

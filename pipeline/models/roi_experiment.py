@@ -53,10 +53,12 @@ __all__ = [
     "RoiExperiment",
     "add_arguments",
     "classification_metrics",
+    "edges_to_matrices",
     "fit_torch_classifier",
     "harmonize_fold",
     "run_from_args",
     "run_roi_experiment",
+    "stratified_holdout",
 ]
 
 BASELINES = ("tangent_logreg", "flat_mlp")
@@ -90,7 +92,8 @@ def _triu(n: int) -> tuple[np.ndarray, np.ndarray]:
     return np.triu_indices(n, k=1)
 
 
-def _to_matrices(edges: np.ndarray, n: int) -> np.ndarray:
+def edges_to_matrices(edges: np.ndarray, n: int) -> np.ndarray:
+    """Symmetric ``(S, n, n)`` matrices (diagonal 0) from upper-triangle edges ``(S, n(n-1)/2)``."""
     iu = _triu(n)
     out = np.zeros((len(edges), n, n))
     out[:, iu[0], iu[1]] = edges
@@ -160,7 +163,7 @@ def classification_metrics(y: np.ndarray, prob: np.ndarray) -> dict[str, float]:
     return out
 
 
-def _split_validation(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def stratified_holdout(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Positions (fit, validation) of ``y``, stratified by class."""
     rng = np.random.default_rng(seed)
     val = []
@@ -343,12 +346,12 @@ def run_roi_experiment(
         if exp.harmonize:
             e_tr, e_te = harmonize(e_tr, e_te)
         x = np.empty((len(y), n, n))
-        x[train_idx], x[test_idx] = _to_matrices(e_tr, n), _to_matrices(e_te, n)
+        x[train_idx], x[test_idx] = edges_to_matrices(e_tr, n), edges_to_matrices(e_te, n)
         if use_coords:
             x = np.concatenate([x, np.broadcast_to(data.coords, (len(y), n, 3))], axis=2)
         xt = torch.as_tensor(x, dtype=torch.float32)
         yt = torch.as_tensor(y)
-        fit_pos, val_pos = _split_validation(y[train_idx], exp.val_fraction, opts.seed + k)
+        fit_pos, val_pos = stratified_holdout(y[train_idx], exp.val_fraction, opts.seed + k)
         fit_idx, val_idx = train_idx[fit_pos], train_idx[val_pos]
         seed_everything(opts.seed + k)
         model = build_model("roiset", 3 if use_coords else 0, len(classes), matrix=True, **hp)
