@@ -12,7 +12,8 @@ rotations with quintic B-splines and reports, in float64 (:func:`pipeline.symmet
 - the error: RMS movement of the logits, in units of their input-to-input spread;
 - the floor: the same for the spline round trip (rotate and rotate back);
 - the error relative to the plain ``cnn``'s at the same size;
-- the largest relative change under the 24 exact cube rotations (should be ≤ 1e-5 at any size).
+- the largest relative change under two generators of the 24 exact cube rotations (≤ 1e-5
+  expected for the invariant models at any size).
 
 Targets (issue 15): ``steerable`` error ≤ 0.05 and ≤ 1/4 of the ``cnn``'s, at 33³ and 48³.
 With ``--train-steps N`` each model is first trained for ``N`` AdamW steps on a synthetic
@@ -44,6 +45,12 @@ from pipeline.symmetry import (
 logger = logging.getLogger("benchmarks.so3_invariance")
 
 TARGET_ERROR, TARGET_VS_CNN = 0.05, 0.25
+
+
+def _generators() -> list:
+    """90° about z and 120° about (1, 1, 1): invariance to both is invariance to all 24."""
+    keep = ([[0, -1, 0], [1, 0, 0], [0, 0, 1]], [[0, 0, 1], [1, 0, 0], [0, 1, 0]])
+    return [g for g in cube_rotations() if g.matrix.tolist() in keep]
 
 
 def _task(n: int, size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -96,7 +103,7 @@ def measure(
                 t0 = time.perf_counter()
                 res = so3_invariance(model, x, rotations)
                 cube = equivariance_error(
-                    model, x[:2], [lambda v, g=g: rotate_cube(v, g) for g in cube_rotations()[1:]]
+                    model, x[:2], [lambda v, g=g: rotate_cube(v, g) for g in _generators()]
                 )
                 row = {"model": name, "size": size, "phase": phase, **res.as_dict(),
                        "cube_error": float(cube.max()), "seconds": time.perf_counter() - t0,
@@ -122,7 +129,7 @@ def report(payload: dict) -> str:
         payload["setup"],
         "",
         "| model | size | phase | SO(3) error (÷ spread) | floor | error ÷ floor | error ÷ cnn's "
-        "| cube rotations, max rel. |",
+        "| cube generators, max rel. |",
         "|---|---:|---|---:|---:|---:|---:|---:|",
     ]
     for r in payload["rows"]:
@@ -154,8 +161,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, default=None, help="also write raw figures here")
     parser.add_argument("--no-write", action="store_true", help="do not touch RESULTS.md")
+    parser.add_argument("--from-json", type=Path, default=None,
+                        help="only write the RESULTS.md section from a saved --json")  # fmt: skip
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.from_json:
+        write_section("so3_invariance", report(json.loads(args.from_json.read_text())))
+        return 0
     torch.set_num_threads(args.threads)
     models = ["cnn"] + [m for m in args.models if m != "cnn"]
     t0 = time.perf_counter()

@@ -52,8 +52,9 @@ def build_model(name: str, in_channels: int, num_outputs: int, **hparams: Any) -
     -------
     torch.nn.Module
         With attributes ``name`` and ``hparams`` (enough to rebuild it from a checkpoint) and
-        ``levels`` (number of stride-2 stages; inputs of side ``N ≡ 1 mod 2**levels`` keep the
-        stride lattice centred, see :mod:`pipeline.models._layers`).
+        ``levels`` (number of stride-2 stages). Stride lattices are centred at any input size
+        (see :mod:`pipeline.models._layers`): the invariant models hold their cube-rotation
+        invariance for every shape, cubic or not.
 
     Examples
     --------
