@@ -16,18 +16,24 @@ nilearn ships. Every nuisance that symprep removes is planted with a recorded va
 * **gauge** — per site a gain, a monotone contrast change :math:`I \\mapsto g\\,m\\,(I/m)^{\\gamma}`,
   a smooth multiplicative bias field (exponential of a quadratic polynomial in scanner
   coordinates), Rician noise, voxel size and field of view;
-* **BOLD** — resting-state signals with a planted network (ground-truth correlation matrix between
-  spherical regions), head motion (rigid parameters per volume, about the scanner origin), slice
-  timing (interleaved), drift, two non-steady-state volumes.
+* **BOLD** — T2*-weighted EPI (CSF bright, GM above WM) with resting-state signals carrying a
+  planted network (ground-truth correlation matrix between spherical regions), head motion in one
+  of three regimes (rigid parameters per volume about the centre of the BOLD grid,
+  :func:`pipeline.data.epi.motion_parameters`), susceptibility dropout and distortion along the
+  phase-encoding axis from a recorded field map, respiratory and cardiac noise, thermal noise,
+  drift and two non-steady-state volumes; sites differ in TR, volume count, slice order,
+  phase-encoding direction and field-of-view placement (:mod:`pipeline.data.epi`).
 
 The sampled image is ``value(p) = template'(phi(P^{-1}(p)))`` with one interpolation. Ground truth
 goes to ``sourcedata/groundtruth/`` (allowed by BIDS): ``participants`` parameters as JSON,
-per-volume motion as TSV, the velocity fields, the un-posed T1w in template space, and the true
-network.
+per-volume motion as TSV, the velocity fields, the un-posed T1w in template space, the true
+network, the susceptibility field map and dropout map (template space) and the physiological
+traces.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from dataclasses import dataclass, field
@@ -95,6 +101,12 @@ class DemoSpec:
         Translations are uniform in ``[-max, max]`` per axis.
     warp_amplitude_mm : float
         Typical size of the anatomical displacements.
+    motion_regime : {"still", "drift", "spiky"}
+        Head-motion regime of every run (:func:`pipeline.data.epi.motion_parameters`).
+    epi_effects : bool
+        Plant susceptibility dropout and distortion and physiological noise, and vary TR, volume
+        count and slice order across sites (:mod:`pipeline.data.epi`). ``False`` gives the
+        earlier, easier BOLD (one acquisition for all sites, no distortion), for comparison.
     """
 
     sites: int = 3
@@ -107,6 +119,8 @@ class DemoSpec:
     max_translation_mm: float = 15.0
     warp_amplitude_mm: float = 3.0
     site_names: tuple[str, ...] = field(default=())
+    motion_regime: str = "spiky"
+    epi_effects: bool = True
 
     def site_label(self, index: int) -> str:
         """BIDS-safe site label: ``siteA``, ``siteB``, …"""
@@ -305,7 +319,36 @@ def site_gauges(spec: DemoSpec) -> list[dict[str, Any]]:
                 "manufacturer": ["Siemens", "GE", "Philips"][s % 3],
             }
         )
+        gauges[-1].update(_site_acquisition(spec, s, gauges[-1], rng))
     return gauges
+
+
+def _site_acquisition(
+    spec: DemoSpec, index: int, gauge: dict[str, Any], rng: np.random.Generator
+) -> dict[str, Any]:
+    """TR, volume count, slice order, phase encoding and FOV placement of a site's BOLD."""
+    from pipeline.data.epi import SITE_ACQUISITIONS
+
+    scheme = SITE_ACQUISITIONS[index % len(SITE_ACQUISITIONS)] if spec.epi_effects else None
+    if scheme is None:
+        scheme = {**SITE_ACQUISITIONS[0], "tr": 1.0, "volumes": 1.0}
+    offset = rng.uniform(-12.0, 12.0, size=3) if spec.epi_effects else np.zeros(3)
+    shape, _ = stored_grid(
+        np.array(gauge["bold_fov_mm"]),
+        np.array(gauge["bold_voxel_mm"]),
+        tuple(gauge["orientation"]),
+    )
+    n_pe = shape["ijk".index(scheme["pe"][0])]
+    return {
+        "bold_tr": round(spec.repetition_time * scheme["tr"], 4),
+        "bold_volumes": max(int(round(spec.n_volumes * scheme["volumes"])), DUMMY_SCANS + 6),
+        "slice_order": scheme["slice_order"],
+        "phase_encoding_direction": scheme["pe"],
+        "total_readout_time": round(scheme["echo_spacing"] * (n_pe - 1), 5)
+        if spec.epi_effects
+        else 0.0,
+        "bold_fov_offset_mm": offset.round(3).tolist(),
+    }
 
 
 def bias_field(world_mm: np.ndarray, coefficients: list[float]) -> np.ndarray:
@@ -364,38 +407,12 @@ def network_signals(rng: np.random.Generator, times: np.ndarray, tr: float) -> n
     )
 
 
-def motion_parameters(rng: np.random.Generator, n_volumes: int) -> pd.DataFrame:
-    """Rigid head motion per volume: smooth random walk plus two small jerks; volume 0 is the origin.
+def motion_matrix(row: pd.Series, centre: np.ndarray | None = None) -> np.ndarray:
+    """4×4 RAS matrix of one volume's motion about ``centre`` (mm; the BOLD grid's centre in the
+    demo): :func:`pipeline.func.motion.params_to_matrix` of the row."""
+    from pipeline.func.motion import MOTION_COLUMNS, params_to_matrix
 
-    Columns follow fMRIPrep: ``trans_x/y/z`` (mm), ``rot_x/y/z`` (rad), rotations about the scanner
-    origin, applied as :math:`p \\mapsto R_t p + t_t` to the head at volume 0.
-    """
-    steps = rng.normal(0.0, 1.0, size=(n_volumes, 6)) * np.array(
-        [0.05, 0.05, 0.08, 0.0008, 0.0008, 0.0006]
-    )
-    steps[0] = 0.0
-    for jerk in rng.choice(np.arange(n_volumes // 3, n_volumes), size=2, replace=False):
-        steps[jerk] += rng.normal(0.0, 1.0, size=6) * np.array([0.4, 0.4, 0.6, 0.006, 0.006, 0.004])
-    params = np.cumsum(steps, axis=0)
-    return pd.DataFrame(
-        params, columns=["trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z"]
-    )
-
-
-def motion_matrix(row: pd.Series) -> np.ndarray:
-    """4×4 RAS matrix of one volume's motion (rotation ``xyz`` Euler angles, then translation)."""
-    mat = np.eye(4)
-    mat[:3, :3] = Rotation.from_euler("xyz", [row.rot_x, row.rot_y, row.rot_z]).as_matrix()
-    mat[:3, 3] = [row.trans_x, row.trans_y, row.trans_z]
-    return mat
-
-
-def interleaved_slice_timing(n_slices: int, tr: float) -> list[float]:
-    """Interleaved ascending slice acquisition times (odd slices first), in seconds."""
-    order = list(range(0, n_slices, 2)) + list(range(1, n_slices, 2))
-    times = np.empty(n_slices)
-    times[order] = np.arange(n_slices) * tr / n_slices
-    return times.round(4).tolist()
+    return params_to_matrix([getattr(row, c) for c in MOTION_COLUMNS], centre)
 
 
 # --------------------------------------------------------------------------- subject
@@ -484,6 +501,30 @@ def generate_t1w(
     return img, nib.Nifti1Image(unposed.astype(np.float32), template.t1w.affine)
 
 
+def bold_grid(gauge: dict[str, Any]) -> tuple[tuple[int, ...], np.ndarray]:
+    """Shape and affine of the site's BOLD grid: stored like its T1w, shifted by the FOV offset."""
+    shape, affine = stored_grid(
+        np.array(gauge["bold_fov_mm"]),
+        np.array(gauge["bold_voxel_mm"]),
+        tuple(gauge["orientation"]),
+    )
+    affine = affine.copy()
+    affine[:3, 3] += np.asarray(gauge.get("bold_fov_offset_mm", (0.0, 0.0, 0.0)))
+    return shape, affine
+
+
+@dataclass
+class BoldTruth:
+    """What :func:`generate_bold` planted besides the image (saved to the ground-truth folder)."""
+
+    slice_times: list[float]
+    region_signals: np.ndarray
+    fieldmap_hz: np.ndarray
+    dropout: np.ndarray
+    physiology: pd.DataFrame
+    motion_centre: np.ndarray
+
+
 def generate_bold(
     truth: SubjectTruth,
     gauge: dict[str, Any],
@@ -492,42 +533,59 @@ def generate_bold(
     displacement: Displacement,
     motion: pd.DataFrame,
     rng: np.random.Generator,
-) -> tuple[nib.Nifti1Image, list[float], np.ndarray]:
-    """The BOLD run (stored like the site's T1w), its SliceTiming, and the region signals."""
-    tr, n_vol = spec.repetition_time, spec.n_volumes
-    shape, affine = stored_grid(
-        np.array(gauge["bold_fov_mm"]),
-        np.array(gauge["bold_voxel_mm"]),
-        tuple(gauge["orientation"]),
-    )
-    slice_times = interleaved_slice_timing(shape[2], tr)
-    # baseline T2*-weighted contrast and region maps, warped once into the subject's head frame
-    baseline = sum(TISSUE_T2STAR[t] * getattr(template, t).get_fdata() for t in ("gm", "wm", "csf"))
+) -> tuple[nib.Nifti1Image, BoldTruth]:
+    """The BOLD run (stored like the site's T1w) and what was planted in it (:class:`BoldTruth`).
+
+    Per volume: the T2*-weighted baseline with dropout, the network signals at each slice's
+    acquisition time, global and physiological modulation, all sampled in the moved head; then
+    distortion along the phase-encoding axis by the head's field map, the receive bias, drift, the site's gain and Rician noise.
+    """
+    from pipeline.data import epi
+    from pipeline.func.motion import grid_centre
+
+    tr, n_vol = gauge["bold_tr"], len(motion)
+    shape, affine = bold_grid(gauge)
+    centre = grid_centre(shape, affine)
+    slice_times = epi.slice_timing(shape[2], tr, gauge["slice_order"])
     world_t = voxel_world_coords(template.t1w.shape, template.t1w.affine)
-    maps = [baseline]
+    field = epi.fieldmap_hz(world_t) if spec.epi_effects else np.zeros(template.t1w.shape)
+    dropout = epi.dropout_fraction(world_t) if spec.epi_effects else np.zeros(template.t1w.shape)
+    # baseline T2*-weighted contrast, region maps, field map and CSF, warped once into the head
+    baseline = sum(TISSUE_T2STAR[t] * getattr(template, t).get_fdata() for t in ("gm", "wm", "csf"))
+    maps = [baseline * (1.0 - dropout)]
     for _, reg in NETWORK_REGIONS.iterrows():
         r2 = (world_t[0] - reg.x) ** 2 + (world_t[1] - reg.y) ** 2 + (world_t[2] - reg.z) ** 2
         maps.append(np.exp(-r2 / (2 * (REGION_RADIUS_MM / 2) ** 2)) * template.gm.get_fdata())
+    maps += [field, template.csf.get_fdata()]
     head_maps = sample_in_template(
         np.stack(maps).astype(np.float32), template, world_t, displacement
     )
     acq_times = np.arange(n_vol)[:, None] * tr + np.asarray(slice_times)[None, :]
     signals = network_signals(rng, acq_times.ravel(), tr).reshape(n_vol, shape[2], -1)
     global_signal = network_signals(rng, np.arange(n_vol) * tr, tr)[:, 0]
+    physio = epi.Physiology.draw(rng, np.arange(n_vol) * tr)
+    pe = epi.PhaseEncoding.from_bids(gauge["phase_encoding_direction"], gauge["total_readout_time"])
     world = voxel_world_coords(shape, affine)
     flat = np.vstack([world.reshape(3, -1), np.ones((1, world[0].size))])
     bias = bias_field(world, gauge["bias_coefficients"])
     slope = rng.normal(0.01, 0.004, size=shape)
     data = np.empty((*shape, n_vol), dtype=np.float32)
     noise_sigma = 0.01 * TISSUE_T2STAR["gm"]
+    n_regions = len(NETWORK_REGIONS)
     for t in range(n_vol):
-        head = np.linalg.inv(motion_matrix(motion.iloc[t]) @ truth.template_to_scanner)
+        head = np.linalg.inv(motion_matrix(motion.iloc[t], centre) @ truth.template_to_scanner)
         points = (head @ flat)[:3].reshape(world.shape)
         sampled = trilinear(head_maps, world_to_voxel(points, template.t1w.affine))
-        base, amps = sampled[0], sampled[1:]
+        base, amps = sampled[0], sampled[1 : 1 + n_regions]
+        field_t, csf = sampled[1 + n_regions], sampled[2 + n_regions]
         modulation = 1.0 + 0.004 * global_signal[t]
         modulation = modulation + 0.03 * np.einsum("kxyz,zk->xyz", amps, signals[t])
+        if spec.epi_effects:
+            modulation = modulation + epi.RESPIRATORY_GAIN * physio.respiration[t]
+            modulation = modulation + epi.CARDIAC_GAIN * physio.cardiac[t] * csf
         vol = base * modulation
+        if spec.epi_effects:
+            vol = epi.distort(vol, pe.shift_voxels(field_t), pe.axis)
         if t < DUMMY_SCANS:  # non-steady-state: T1 saturation not reached yet
             vol = vol * (1.6 - 0.25 * t)
         vol = vol * (1.0 + slope * t / max(n_vol - 1, 1)) * bias * gauge["bold_gain"]
@@ -538,7 +596,81 @@ def generate_bold(
     zooms = img.header.get_zooms()
     img.header.set_zooms((*zooms[:3], tr))
     img.header.set_dim_info(slice=2)
-    return img, slice_times, signals.mean(axis=1)
+    planted = BoldTruth(
+        slice_times=slice_times,
+        region_signals=signals.mean(axis=1),
+        fieldmap_hz=field,
+        dropout=dropout,
+        physiology=physio.as_frame(),
+        motion_centre=centre,
+    )
+    return img, planted
+
+
+def synthetic_bold_run(
+    seed: int,
+    *,
+    regime: str = "spiky",
+    bold_resolution: float = 3.0,
+    n_volumes: int = 60,
+    epi_effects: bool = True,
+    site: int = 0,
+) -> tuple[nib.Nifti1Image, np.ndarray]:
+    """One demo BOLD run of a warped brain (not the template) in a random pose, without a T1w.
+
+    The quick way to a run with known motion for tests and benchmarks: the same generator as
+    :func:`make_demo_dataset` (anatomy warp, pose, site ``site``'s acquisition, EPI effects).
+
+    Returns
+    -------
+    img : nibabel.Nifti1Image
+        The run, non-steady-state volumes included (the first :data:`DUMMY_SCANS`).
+    motion : ndarray of shape (T, 4, 4)
+        True head motion: maps from the head's position at volume 0 to volume ``t`` (RAS mm).
+    """
+    from pipeline.data.epi import MOTION_REGIMES, motion_parameters
+
+    if regime not in MOTION_REGIMES:
+        raise ValueError(f"motion regime must be one of {MOTION_REGIMES}, got {regime!r}")
+    spec = DemoSpec(
+        sites=site + 1,
+        bold_resolution=bold_resolution,
+        n_volumes=n_volumes,
+        seed=seed,
+        motion_regime=regime,
+        epi_effects=epi_effects,
+    )
+    template = load_template(2)
+    gauge = site_gauges(spec)[site]
+    truth, displacement = _simulated_subject(seed, spec.max_translation_mm, spec.warp_amplitude_mm)
+    rng = np.random.default_rng([seed, 8, MOTION_REGIMES.index(regime)])
+    motion = motion_parameters(rng, gauge["bold_volumes"], regime)
+    img, planted = generate_bold(truth, gauge, spec, template, displacement, motion, rng)
+    mats = np.stack([motion_matrix(row, planted.motion_centre) for row in motion.itertuples()])
+    return img, mats
+
+
+@functools.lru_cache(maxsize=4)
+def _simulated_subject(
+    seed: int, max_translation_mm: float, warp_amplitude_mm: float
+) -> tuple[SubjectTruth, Displacement]:
+    """Pose and anatomy warp of :func:`synthetic_bold_run`'s subject (cached: runs of several
+    motion regimes share one brain)."""
+    template = load_template(2)
+    rng = np.random.default_rng([seed, 7])
+    truth = SubjectTruth(
+        participant_id="sub-sim",
+        site="sim",
+        age=30.0,
+        sex="F",
+        diagnosis="TD",
+        rotation=Rotation.random(random_state=rng).as_matrix(),
+        translation=rng.uniform(-max_translation_mm, max_translation_mm, size=3),
+        centre=brain_centre(template),
+        seed=seed,
+    )
+    velocity = velocity_field(rng, template, warp_amplitude_mm)
+    return truth, displacement_from_velocity(velocity, coarse_grid(template.t1w, 2))
 
 
 def _set_scanner_codes(img: nib.Nifti1Image) -> None:
@@ -637,9 +769,7 @@ def make_demo_dataset(
     write_text(out / "README", _readme(spec))
     write_text(out / "participants.tsv", participants.to_csv(sep="\t", index=False))
     write_json(out / "participants.json", PARTICIPANTS_JSON)
-    write_json(
-        out / "task-rest_bold.json", {"TaskName": "rest", "RepetitionTime": spec.repetition_time}
-    )
+    write_json(out / "task-rest_bold.json", {"TaskName": "rest"})  # TR differs across sites
     write_text(truth_dir / "sites.tsv", pd.DataFrame(gauges).to_csv(sep="\t", index=False))
     write_json(truth_dir / "sites.json", gauges)
     write_text(truth_dir / "network_regions.tsv", NETWORK_REGIONS.to_csv(sep="\t", index=False))
@@ -728,10 +858,10 @@ def _write_subject(
     displacement = displacement_from_velocity(velocity, coarse_grid(template.t1w, 2))
     anatomy = subject_template_t1w(template, row.diagnosis)
     t1w, unposed = generate_t1w(truth, gauge, template, anatomy, displacement, rng)
-    motion = motion_parameters(rng, spec.n_volumes)
-    bold, slice_times, signals = generate_bold(
-        truth, gauge, spec, template, displacement, motion, rng
-    )
+    from pipeline.data.epi import motion_parameters
+
+    motion = motion_parameters(rng, gauge["bold_volumes"], spec.motion_regime)
+    bold, planted = generate_bold(truth, gauge, spec, template, displacement, motion, rng)
 
     anat = out / sub / "anat"
     func = out / sub / "func"
@@ -750,9 +880,17 @@ def _write_subject(
         func / f"{sub}_task-rest_bold.json",
         {
             "TaskName": "rest",
-            "RepetitionTime": spec.repetition_time,
-            "SliceTiming": slice_times,
+            "RepetitionTime": gauge["bold_tr"],
+            "SliceTiming": planted.slice_times,
             "SliceEncodingDirection": "k",
+            **(
+                {
+                    "PhaseEncodingDirection": gauge["phase_encoding_direction"],
+                    "TotalReadoutTime": gauge["total_readout_time"],
+                }
+                if spec.epi_effects
+                else {}
+            ),
             "Manufacturer": gauge["manufacturer"],
             "InstitutionName": gauge["site"],
         },
@@ -769,7 +907,25 @@ def _write_subject(
             },
             "bold": {
                 "non_steady_state_volumes": DUMMY_SCANS,
-                "repetition_time": spec.repetition_time,
+                "repetition_time": gauge["bold_tr"],
+                "n_volumes": gauge["bold_volumes"],
+                "slice_order": gauge["slice_order"],
+                "motion_regime": spec.motion_regime,
+                "motion_convention": (
+                    "desc-motion_timeseries.tsv: rigid map M_t from volume 0's head position to "
+                    "volume t's, p -> R (p - c) + c + t (RAS mm, R = Rz Ry Rx), c = centre_mm"
+                ),
+                "motion_centre_mm": planted.motion_centre.round(6).tolist(),
+                "epi_effects": spec.epi_effects,
+                "phase_encoding_direction": gauge["phase_encoding_direction"],
+                "total_readout_time": gauge["total_readout_time"],
+                "fieldmap": f"{sub}_space-MNI152NLin2009aSym_desc-susceptibility_fieldmap.nii.gz",
+                "fieldmap_convention": (
+                    "off-resonance in Hz at template points (moves with the head); a spin at "
+                    "voxel y appears at y + sign * field * TotalReadoutTime voxels along the "
+                    "phase-encoding axis"
+                ),
+                "dropout": f"{sub}_space-MNI152NLin2009aSym_desc-dropout_mask.nii.gz",
             },
         }
     )
@@ -780,7 +936,20 @@ def _write_subject(
         gt / f"{sub}_task-rest_desc-motion_timeseries.tsv",
         motion.to_csv(sep="\t", index=False, float_format="%.8f"),
     )
-    regions = pd.DataFrame(signals, columns=NETWORK_REGIONS.region)
+    tpl_affine = template.t1w.affine
+    save_image(
+        nib.Nifti1Image(planted.fieldmap_hz.astype(np.float32), tpl_affine),
+        gt / f"{sub}_space-MNI152NLin2009aSym_desc-susceptibility_fieldmap.nii.gz",
+    )
+    save_image(
+        nib.Nifti1Image(planted.dropout.astype(np.float32), tpl_affine),
+        gt / f"{sub}_space-MNI152NLin2009aSym_desc-dropout_mask.nii.gz",
+    )
+    write_text(
+        gt / f"{sub}_task-rest_desc-physio_timeseries.tsv",
+        planted.physiology.to_csv(sep="\t", index=False, float_format="%.6f"),
+    )
+    regions = pd.DataFrame(planted.region_signals, columns=NETWORK_REGIONS.region)
     write_text(
         gt / f"{sub}_task-rest_desc-regions_timeseries.tsv",
         regions.to_csv(sep="\t", index=False, float_format="%.6f"),
@@ -796,5 +965,7 @@ def _readme(spec: DemoSpec) -> str:
         "Every subject has a head pose drawn uniformly from SO(3), a random smooth anatomical warp,\n"
         "and a site-specific intensity gauge, storage orientation, voxel size and field of view.\n"
         "ASD subjects carry a planted local atrophy. BOLD runs carry a planted network, head motion,\n"
-        "slice timing, drift and two non-steady-state volumes. Ground truth: sourcedata/groundtruth/.\n"
+        "slice timing, susceptibility dropout and distortion, respiratory and cardiac noise, drift\n"
+        "and two non-steady-state volumes; sites differ in TR, volume count and slice order.\n"
+        "Ground truth: sourcedata/groundtruth/.\n"
     )

@@ -71,8 +71,34 @@ def truth_anat(bids_dir: Path, subject: str, out_dir: Path) -> dict[str, Path]:
     return paths
 
 
+def truth_record(bids_dir: Path, subject: str) -> dict:
+    """The subject's ``groundtruth.json`` record."""
+    return json.loads((_truth_dir(bids_dir, subject) / f"{subject}_groundtruth.json").read_text())
+
+
 def truth_motion(bids_dir: Path, subject: str, task: str = "rest") -> np.ndarray:
     """The true head motion of the subject's run: ``(T, 6)`` parameters as in
-    :data:`pipeline.func.motion.MOTION_COLUMNS` (the demo's ``desc-motion_timeseries.tsv``)."""
+    :data:`pipeline.func.motion.MOTION_COLUMNS` (the demo's ``desc-motion_timeseries.tsv``),
+    about the centre of the BOLD grid (:func:`truth_motion_centre`)."""
     path = _truth_dir(bids_dir, subject) / f"{subject}_task-{task}_desc-motion_timeseries.tsv"
     return pd.read_csv(path, sep="\t").to_numpy()
+
+
+def truth_motion_centre(bids_dir: Path, subject: str) -> np.ndarray:
+    """Rotation centre (mm) of :func:`truth_motion`'s parameters (the scanner origin in datasets
+    written before it was recorded)."""
+    bold = truth_record(bids_dir, subject).get("bold", {})
+    return np.asarray(bold.get("motion_centre_mm", (0.0, 0.0, 0.0)), dtype=float)
+
+
+def truth_motion_matrices(
+    bids_dir: Path, subject: str, task: str = "rest", start: int = 0
+) -> np.ndarray:
+    """True head motion as ``(T, 4, 4)`` RAS maps relative to volume ``start``: the map
+    :math:`M_t M_{start}^{-1}` from the head's position at ``start`` to its position at ``t`` —
+    what :func:`pipeline.func.motion.estimate_motion` estimates when ``start`` is its reference."""
+    from pipeline.func.motion import params_to_matrix
+
+    centre = truth_motion_centre(bids_dir, subject)
+    mats = np.array([params_to_matrix(r, centre) for r in truth_motion(bids_dir, subject, task)])
+    return mats[start:] @ np.linalg.inv(mats[start])

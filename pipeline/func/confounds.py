@@ -1,6 +1,6 @@
 r"""Nuisance regressors with fMRIPrep 25's column names and meaning.
 
-* motion: ``trans_x … rot_z`` (mm, rad);
+* motion: ``trans_x … rot_z`` (mm, rad), about the centre of the BOLD grid (:mod:`pipeline.func.motion`);
 * ``framewise_displacement`` (Power et al. 2012, as Nipype's ``FramewiseDisplacement``):
   :math:`FD_t = \sum_{k\in\{x,y,z\}} |\Delta t_k| + r\sum_k |\Delta\theta_k|`, :math:`r` = 50 mm;
 * ``rmsd``: root-mean-square deviation between consecutive volumes (Jenkinson 1999, as FSL's
@@ -87,7 +87,7 @@ def rmsd(
     """Jenkinson's RMS deviation (mm) between consecutive volumes; the first volume is NaN.
 
     ``center_mm`` is the sphere's centre in the coordinates the rigid parameters rotate about
-    (:mod:`pipeline.func.motion`: the scanner origin).
+    (:mod:`pipeline.func.motion`: relative to the centre of the BOLD grid).
     """
     p = params[list(MOTION_COLUMNS)].to_numpy(dtype=float)
     mats = np.stack([params_to_matrix(row) for row in p]) if len(p) else np.zeros((0, 4, 4))
@@ -268,6 +268,7 @@ def compute_confounds(
     highpass_period: float = 128.0,
     fd_radius_mm: float = 50.0,
     rmsd_center_mm: Sequence[float] = (0.0, 0.0, 0.0),
+    motion_centre_mm: Sequence[float] | None = None,
 ) -> tuple[pd.DataFrame, dict]:
     """The confounds table and its JSON description.
 
@@ -288,7 +289,10 @@ def compute_confounds(
     tcompcor_fraction : float, default=0.02
         Fraction of the brain voxels in the tCompCor mask.
     fd_threshold, dvars_threshold, highpass_period, fd_radius_mm, rmsd_center_mm
-        See the module docstring.
+        See the module docstring. ``rmsd_center_mm`` is relative to the parameters' rotation
+        centre.
+    motion_centre_mm : sequence of float, optional
+        The rotation centre of ``params`` in scanner coordinates (mm), recorded in the JSON.
 
     Returns
     -------
@@ -370,6 +374,7 @@ def compute_confounds(
         ],
         axis=1,
     )
+    metadata.update(motion_metadata(motion_centre_mm))
     metadata.update(
         {
             "framewise_displacement": {
@@ -399,6 +404,26 @@ def compute_confounds(
         }
     )
     return table, metadata
+
+
+def motion_metadata(centre_mm: Sequence[float] | None = None) -> dict:
+    """JSON entries that state the motion parameters' convention (:mod:`pipeline.func.motion`)."""
+    convention = (
+        "Rigid map M_t from the BOLD reference to volume t (ITK fixed->moving, the transform in "
+        "desc-hmc_xfm.txt): p -> R (p - c) + c + t, RAS mm, with c the centre of the BOLD voxel "
+        "grid (as MCFLIRT's parameters in fMRIPrep) and R = Rz Ry Rx (extrinsic xyz Euler angles)"
+    )
+    out: dict = {}
+    for col in MOTION_COLUMNS:
+        axis = col[-1]
+        if col.startswith("trans"):
+            out[col] = {"Description": f"Translation along {axis} (RAS)", "Units": "mm"}
+        else:
+            out[col] = {"Description": f"Rotation about the {axis} axis (RAS)", "Units": "rad"}
+    out["MotionParameters"] = {"Convention": convention}
+    if centre_mm is not None:
+        out["MotionParameters"]["RotationCentre"] = [round(float(v), 4) for v in centre_mm]
+    return out
 
 
 def write_confounds_tsv(table: pd.DataFrame) -> str:

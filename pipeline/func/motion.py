@@ -1,10 +1,17 @@
 r"""Head-motion estimation: one rigid transform per volume, registered to a BOLD reference.
 
-Every volume :math:`V_t` gets a rigid map :math:`M_t(p) = R_t\,p + t_t` (RAS mm, rotations about the
-scanner origin) that takes a point of the reference to the same head point in volume :math:`t`:
-:math:`V_t(M_t\,p) \approx F(p)`. In ANTs terms :math:`M_t` is the fixed→moving transform with the
-reference fixed. The six parameters follow fMRIPrep's names: ``trans_x/y/z`` (mm) and
-``rot_x/y/z`` (rad, extrinsic ``xyz`` Euler angles: :math:`R = R_z R_y R_x`).
+Every volume :math:`V_t` gets a rigid map :math:`M_t` (RAS mm) that takes a point of the reference
+to the same head point in volume :math:`t`: :math:`V_t(M_t\,p) \approx F(p)`. In ANTs/ITK terms
+:math:`M_t` is the fixed→moving transform with the reference fixed (what fMRIPrep's
+``from-orig_to-boldref`` ITK file holds), and it is what ``desc-hmc_xfm.txt`` stores.
+
+**Parameter convention.** The six parameters follow fMRIPrep's names: ``trans_x/y/z`` (mm) and
+``rot_x/y/z`` (rad, extrinsic ``xyz`` Euler angles: :math:`R = R_z R_y R_x`), *about the centre of
+the BOLD voxel grid* :math:`c` (:func:`grid_centre`), as MCFLIRT's parameters that fMRIPrep
+reports: :math:`M_t(p) = R_t (p - c) + c + t_t`. The rotation centre matters: about the scanner
+origin, a rotation of a head lying 100 mm from it would add 1.7 mm/° to the translations, and
+framewise displacement would count every rotation twice. The matrices themselves do not depend on
+the convention.
 
 The default estimator is Gauss–Newton on the sum of squared differences with a global gain,
 
@@ -16,7 +23,9 @@ over the reference's foreground voxels :math:`p_i`, with compositional updates
 :math:`M \leftarrow M \circ \exp(\delta)` about the foreground centre, on a smoothed and an
 unsmoothed level. Same-modality volumes of one run make SSD the natural cost; the gain absorbs the
 global signal and drift. ``method="ants"`` runs ``ants.registration`` per volume instead
-(slower, kept for comparison).
+(slower, kept for comparison). We wrote our own estimator because per-volume ANTs costs a process
+start and a full pyramid per volume; ``benchmarks/func.py`` compares the two, and
+``ants.motion_correction``, on the same runs.
 """
 
 from __future__ import annotations
@@ -37,23 +46,46 @@ MOTION_COLUMNS = ("trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z")
 
 
 # --------------------------------------------------------------------------- parameters
-def params_to_matrix(params: Sequence[float]) -> np.ndarray:
-    """4×4 RAS matrix of ``(trans_x, trans_y, trans_z, rot_x, rot_y, rot_z)`` (rad, ``xyz`` Euler)."""
+def grid_centre(shape: Sequence[int], affine: np.ndarray) -> np.ndarray:
+    """World (RAS mm) position of the centre of a voxel grid: the motion parameters' rotation centre.
+
+    >>> grid_centre((3, 3, 3), np.diag([2.0, 2.0, 2.0, 1.0])).tolist()
+    [2.0, 2.0, 2.0]
+    """
+    mid = (np.asarray(shape[:3], dtype=float) - 1.0) / 2.0
+    return np.asarray(affine, dtype=float)[:3, :3] @ mid + np.asarray(affine, dtype=float)[:3, 3]
+
+
+def _centre(centre: Sequence[float] | None) -> np.ndarray:
+    return np.zeros(3) if centre is None else np.asarray(centre, dtype=float)
+
+
+def params_to_matrix(params: Sequence[float], centre: Sequence[float] | None = None) -> np.ndarray:
+    r"""4×4 RAS matrix of ``(trans_x, trans_y, trans_z, rot_x, rot_y, rot_z)`` (rad, ``xyz`` Euler).
+
+    The rotation is about ``centre`` (mm; the scanner origin when omitted):
+    :math:`p \mapsto R (p - c) + c + t`.
+    """
+    c = _centre(centre)
     mat = np.eye(4)
     mat[:3, :3] = Rotation.from_euler("xyz", np.asarray(params[3:6], dtype=float)).as_matrix()
-    mat[:3, 3] = np.asarray(params[:3], dtype=float)
+    mat[:3, 3] = np.asarray(params[:3], dtype=float) + c - mat[:3, :3] @ c
     return mat
 
 
-def matrix_to_params(matrix: np.ndarray) -> np.ndarray:
-    """Inverse of :func:`params_to_matrix`: the six parameters of a rigid 4×4 matrix."""
-    rot = Rotation.from_matrix(np.asarray(matrix)[:3, :3]).as_euler("xyz")
-    return np.concatenate([np.asarray(matrix)[:3, 3], rot])
+def matrix_to_params(matrix: np.ndarray, centre: Sequence[float] | None = None) -> np.ndarray:
+    """Inverse of :func:`params_to_matrix`: the six parameters of a rigid 4×4 matrix about ``centre``."""
+    c = _centre(centre)
+    matrix = np.asarray(matrix, dtype=float)
+    rot = Rotation.from_matrix(matrix[:3, :3]).as_euler("xyz")
+    return np.concatenate([matrix[:3, 3] - c + matrix[:3, :3] @ c, rot])
 
 
-def matrices_to_frame(matrices: np.ndarray) -> pd.DataFrame:
+def matrices_to_frame(matrices: np.ndarray, centre: Sequence[float] | None = None) -> pd.DataFrame:
     """Motion parameters table (columns :data:`MOTION_COLUMNS`) of a stack of 4×4 matrices."""
-    return pd.DataFrame([matrix_to_params(m) for m in matrices], columns=list(MOTION_COLUMNS))
+    return pd.DataFrame(
+        [matrix_to_params(m, centre) for m in matrices], columns=list(MOTION_COLUMNS)
+    )
 
 
 # --------------------------------------------------------------------------- helpers
@@ -233,16 +265,19 @@ class MotionEstimate:
         The reference volume the run was registered to (mean of the realigned volumes).
     mask : ndarray of bool
         The reference foreground that entered the cost.
+    centre : ndarray of shape (3,)
+        Rotation centre of the parameters (mm): the centre of the BOLD grid.
     """
 
     matrices: np.ndarray
     reference: np.ndarray
     mask: np.ndarray
+    centre: np.ndarray
 
     @property
     def parameters(self) -> pd.DataFrame:
-        """Six motion parameters per volume (:data:`MOTION_COLUMNS`)."""
-        return matrices_to_frame(self.matrices)
+        """Six motion parameters per volume (:data:`MOTION_COLUMNS`), about :attr:`centre`."""
+        return matrices_to_frame(self.matrices, self.centre)
 
 
 def resample_volume(volume: np.ndarray, affine: np.ndarray, matrix: np.ndarray) -> np.ndarray:
@@ -321,7 +356,9 @@ def estimate_motion(
             previous = matrices[t]
         if p < n_passes - 1:
             reference = _realigned_mean(data, affine, matrices)
-    return MotionEstimate(matrices, _realigned_mean(data, affine, matrices), mask)
+    return MotionEstimate(
+        matrices, _realigned_mean(data, affine, matrices), mask, grid_centre(data.shape, affine)
+    )
 
 
 def _realigned_mean(

@@ -114,6 +114,7 @@ class _HeadMotionOutputSpec(TraitedSpec):
         exists=True, desc="the same as one ITK text file of affines (LPS), fMRIPrep's format"
     )
     reference = File(exists=True, desc="BOLD reference (mean of realigned volumes)")
+    centre = traits.List(traits.Float, desc="rotation centre of the parameters (mm, RAS)")
 
 
 class HeadMotion(SimpleInterface):
@@ -143,9 +144,12 @@ class HeadMotion(SimpleInterface):
         self._results["params"] = str(
             write_text(
                 _out(runtime, "motion.tsv"),
-                matrices_to_frame(matrices).to_csv(sep="\t", index=False, float_format="%.8g"),
+                matrices_to_frame(matrices, est.centre).to_csv(
+                    sep="\t", index=False, float_format="%.8g"
+                ),
             )
         )
+        self._results["centre"] = [float(v) for v in est.centre]
         ref = _image(est.reference.astype(np.float32), img.affine)
         self._results["reference"] = str(save_image(ref, _out(runtime, "boldref.nii.gz")))
         return runtime
@@ -338,6 +342,7 @@ class _ConfoundsInputSpec(BaseInterfaceInputSpec):
     wm = File(exists=True, mandatory=True, desc="template-space WM probability")
     csf = File(exists=True, mandatory=True, desc="template-space CSF probability")
     params = File(exists=True, mandatory=True)
+    motion_centre = traits.List(traits.Float, desc="rotation centre of the parameters (mm)")
     n_flagged = traits.Int(0, usedefault=True)
     options = traits.Dict(desc="FuncOptions as a dict")
 
@@ -393,6 +398,9 @@ class Confounds(SimpleInterface):
             highpass_period=opts.highpass_period,
             fd_radius_mm=opts.fd_radius_mm,
             compcor_criterion=opts.compcor_variance,
+            motion_centre_mm=(
+                self.inputs.motion_centre if isdefined(self.inputs.motion_centre) else None
+            ),
         )
         self._results["out_tsv"] = str(
             write_text(_out(runtime, "confounds.tsv"), write_confounds_tsv(table))

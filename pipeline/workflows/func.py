@@ -136,7 +136,7 @@ def init_func_wf(
         (inputnode, resample, [("anat2std_xfm", "anat2std_xfm"), ("std_mask", "std_mask")]),
         (resample, confounds, [("out_file", "in_file"), ("out_mask", "mask")]),
         (inputnode, confounds, [("std_wm", "wm"), ("std_csf", "csf")]),
-        (hmc, confounds, [("params", "params")]),
+        (hmc, confounds, [("params", "params"), ("centre", "motion_centre")]),
         (validate, confounds, [("n_flagged", "n_flagged")]),
         (resample, gauge, [("out_file", "in_file"), ("out_mask", "mask")]),
         (validate, gauge, [("n_flagged", "n_drop")]),

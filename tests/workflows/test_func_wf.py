@@ -153,6 +153,7 @@ def test_end_to_end_tiny_subject(func_bids, func_anat, tmp_path):
     assert sidecar["NonSteadyStateVolumes"] == 2 and sidecar["RepetitionTime"] == 2.0
     assert sidecar["SliceTimingCorrected"] and 0 < sidecar["StartTime"] < 2.0
     conf = pd.read_csv(paths["confounds"], sep="\t", na_values="n/a")
+    conf_json = json.loads(paths["confounds"].with_suffix("").with_suffix(".json").read_text())
     assert len(conf) == n_all and conf["framewise_displacement"].iloc[1:].notna().all()
     # the head-motion transforms as fMRIPrep writes them: one ITK affine per volume
     from pipeline.anat._antsio import read_itk_affines
@@ -162,18 +163,18 @@ def test_end_to_end_tiny_subject(func_bids, func_anat, tmp_path):
     flagged = conf.filter(like="non_steady_state_outlier")
     assert flagged.shape[1] == 2 and flagged.sum(axis=1).tolist() == [1, 1] + [0] * n_kept
     # motion parameters in the confounds match the ground truth (steady-state volumes)
-    truth = pd.read_csv(
-        func_bids / "sourcedata/groundtruth/sub-01/sub-01_task-rest_desc-motion_timeseries.tsv",
-        sep="\t",
-    ).to_numpy()[2:]
-    conf = conf.iloc[2:]
-    from pipeline.func.motion import params_to_matrix
+    from pipeline.data.groundtruth import truth_motion_matrices
+    from pipeline.func.motion import grid_centre
 
-    rel = [params_to_matrix(r) @ np.linalg.inv(params_to_matrix(truth[0])) for r in truth]
+    rel = truth_motion_matrices(func_bids, "sub-01", start=2)
+    conf = conf.iloc[2:]
+    bold_in = nib.load(func_bids / "sub-01/func/sub-01_task-rest_bold.nii.gz")
+    centre = grid_centre(bold_in.shape, bold_in.affine)  # the parameters' rotation centre
+    assert conf_json["MotionParameters"]["RotationCentre"] == pytest.approx(centre, abs=1e-3)
     est = conf[["trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z"]].to_numpy()
-    err = est - np.array([matrix_to_params(m) for m in rel])
+    err = est - np.array([matrix_to_params(m, centre) for m in rel])
     # the transforms file says the same as the confounds' parameters
-    from_file = np.array([matrix_to_params(m) for m in hmc[2:]])
+    from_file = np.array([matrix_to_params(m, centre) for m in hmc[2:]])
     np.testing.assert_allclose(from_file, est, atol=1e-5)
     assert np.sqrt(np.mean(err[:, :3] ** 2)) < 0.2
     assert np.degrees(np.sqrt(np.mean(err[:, 3:] ** 2))) < 0.2
