@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -224,3 +225,38 @@ class RelaxedOctahedralCNN(OctahedralCNN):
     def symmetry_penalty(self) -> torch.Tensor:
         r"""The loss term :math:`\lambda \cdot` :meth:`symmetry_defect`."""
         return self.penalty * self.symmetry_defect()
+
+    @torch.no_grad()
+    def measured_epsilon(self, x: torch.Tensor, batch_size: int = 4) -> dict[str, Any]:
+        r"""The model's own :math:`\varepsilon` of approximate invariance, measured on ``x``.
+
+        The relative change of the logits under the 23 non-trivial cube rotations (the group the
+        model relaxes), :func:`pipeline.symmetry.cube_epsilon`, in eval mode (the training flag is
+        restored). :math:`\varepsilon \approx 10^{-7}` (float32 rounding) while the relaxed weights
+        are constant over the group; it grows as training breaks the symmetry, which
+        :meth:`symmetry_defect` only bounds indirectly (a weight-space distance).
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            Inputs ``(B, C, X, Y, Z)``, moved to the model's device.
+        batch_size : int, default=4
+            Inputs per forward pass.
+
+        Returns
+        -------
+        dict
+            ``epsilon`` (max relative change), ``epsilon_mean``, ``epsilon_spread`` (RMS change in
+            units of the logits' input-to-input spread), ``n_inputs``, ``n_actions``, ``group``
+            and ``symmetry_defect``.
+        """
+        from pipeline.symmetry import cube_epsilon
+
+        was_training = self.training
+        self.eval()
+        try:
+            p = next(self.parameters())
+            out = cube_epsilon(self, x.to(device=p.device, dtype=p.dtype), batch_size)
+        finally:
+            self.train(was_training)
+        return {**out, "symmetry_defect": float(self.symmetry_defect())}

@@ -343,7 +343,10 @@ def fit(
     ----------
     model : torch.nn.Module
         From :func:`~pipeline.models.build_model` (its ``symmetry_penalty()``, when present, is
-        added to the loss, scaled by ``options.symmetry_penalty`` through the model's ``penalty``).
+        added to the loss, scaled by ``options.symmetry_penalty`` through the model's ``penalty``;
+        its ``measured_epsilon()``, when present, is stored as ``epsilon`` in the metrics,
+        measured on the first :data:`EPSILON_VOLUMES` test volumes, or training volumes without
+        a test set).
     train_data, test_data : Dataset
         ``(volume (C, X, Y, Z), target)`` pairs; ``test_data`` may be None.
     out_dir : path-like
@@ -416,8 +419,26 @@ def fit(
     }
     if has_test:
         result["test"] = evaluate(model, test_data, task, device, opts.batch_size, opts.amp, scale)
+    if hasattr(model, "measured_epsilon"):  # relaxed models: their own measured epsilon
+        x = _first_volumes(test_data if has_test else train_data, EPSILON_VOLUMES)
+        result["epsilon"] = model.measured_epsilon(x, opts.batch_size)
+        logger.info("%s: measured epsilon %.3g (mean %.3g) on %d %s volumes",
+                    result["model"], result["epsilon"]["epsilon"],
+                    result["epsilon"]["epsilon_mean"], len(x),
+                    "test" if has_test else "train")  # fmt: skip
+        result["epsilon"]["measured_on"] = "test" if has_test else "train"
     write_json(Path(out_dir) / "metrics.json", result)
     return result
+
+
+#: volumes the relaxed model's epsilon is measured on at the end of :func:`fit`
+EPSILON_VOLUMES = 8
+
+
+def _first_volumes(data: Dataset, n: int) -> torch.Tensor:
+    """The first ``n`` volumes of ``data`` (items are volumes or ``(volume, ...)``), stacked."""
+    items = [data[i] for i in range(min(n, len(data)))]
+    return torch.stack([v[0] if isinstance(v, list | tuple) else v for v in items])
 
 
 def vae_step(

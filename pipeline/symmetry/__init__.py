@@ -3,7 +3,8 @@
 - :mod:`._cube`: the 24 rotations of the cube as exact index permutations (and their matrices).
 - :mod:`._so3`: uniform sampling of :math:`SO(3)` and rotation helpers.
 - :mod:`._resample`: rotations of volumes in physical space, with (differentiable) resampling.
-- :mod:`._measures`: :func:`equivariance_error` and the resampling floor.
+- :mod:`._measures`: :func:`equivariance_error`, the resampling floor and the measured
+  :math:`\varepsilon` of approximate invariance (:func:`group_epsilon`, :func:`cube_epsilon`).
 - :mod:`._actions`: translations and rigid motions, header-only actions on images (axis
   permutations, orientation codes, header poses), intensity gauges (gain, monotone contrast, bias
   field, Rician noise), circular time shifts, permutations of set elements.
@@ -49,7 +50,13 @@ from pipeline.symmetry._lie import (
     rotate_by_angles,
     rotation_generators,
 )
-from pipeline.symmetry._measures import equivariance_error, relative_error, resampling_floor
+from pipeline.symmetry._measures import (
+    cube_epsilon,
+    equivariance_error,
+    group_epsilon,
+    relative_error,
+    resampling_floor,
+)
 from pipeline.symmetry._resample import Rotation, cubic_resample, rotate_image, rotate_volume
 from pipeline.symmetry._so3 import (
     axis_angle_matrix,
@@ -74,10 +81,12 @@ __all__ = [
     "Translation",
     "VoxelShift",
     "axis_angle_matrix",
+    "cube_epsilon",
     "cube_multiplication_table",
     "cubic_resample",
     "cube_rotations",
     "equivariance_error",
+    "group_epsilon",
     "lie_derivative",
     "lie_derivative_norm",
     "quaternion_matrix",
