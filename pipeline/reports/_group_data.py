@@ -68,6 +68,20 @@ def _gm_row(
     return data[mask][columns]
 
 
+def _labels(values: pd.Series | pd.Index) -> pd.Index:
+    """Participant labels as text without ``sub-`` (``01`` stays ``01``, never the number 1)."""
+    return pd.Index(values.astype(str)).str.removeprefix("sub-")
+
+
+def _read_features(path: Path, index_col: str, columns: np.ndarray) -> pd.DataFrame:
+    """Columns ``columns`` of a features TSV, indexed by participant label read as text."""
+    table = pd.read_csv(
+        path, sep="\t", usecols=[index_col, *columns], dtype={index_col: str}
+    ).set_index(index_col)
+    table.index = _labels(table.index)
+    return table
+
+
 def harmonization_embedding(output_dir: Path, resolution: int = 2) -> pd.DataFrame | None:
     r"""Two principal components of GM features before and after ComBat, on shared axes.
 
@@ -88,22 +102,24 @@ def harmonization_embedding(output_dir: Path, resolution: int = 2) -> pd.DataFra
     cache = output_dir / "group" / "figures" / "harmonization_embedding.tsv"
     if not harm.exists():
         return None
-    if cache.exists() and cache.stat().st_mtime >= harm.stat().st_mtime:
-        return pd.read_csv(cache, sep="\t", index_col=0, dtype={0: str})
-    from pipeline.io import write_text
-
     header = pd.read_csv(harm, sep="\t", nrows=0).columns
     index_col, feat_cols = header[0], np.asarray(header[1:])
+    labels = _labels(pd.read_csv(harm, sep="\t", usecols=[index_col], dtype=str)[index_col])
+    if cache.exists() and cache.stat().st_mtime >= harm.stat().st_mtime:
+        cached = pd.read_csv(cache, sep="\t", dtype={"participant": str})
+        if "participant" in cached and set(cached["participant"]) <= set(labels):
+            return cached.set_index("participant")
+        logger.info("%s: labels unlike the harmonized table's; recomputed", cache)
+    from pipeline.io import write_text
+
     rng = np.random.default_rng(0)
     pick = np.sort(
         rng.choice(len(feat_cols), size=min(MAX_EMBED_FEATURES, len(feat_cols)), replace=False)
     )
-    after = pd.read_csv(harm, sep="\t", usecols=[index_col, *feat_cols[pick]], index_col=0)
-    after.index = after.index.astype(str).str.removeprefix("sub-")
+    after = _read_features(harm, index_col, feat_cols[pick])
     original = harm.with_name("desc-original_features.tsv")
     if original.exists():  # the features as they went into ComBat
-        raw = pd.read_csv(original, sep="\t", usecols=[index_col, *feat_cols[pick]], index_col=0)
-        raw.index = raw.index.astype(str).str.removeprefix("sub-")
+        raw = _read_features(original, index_col, feat_cols[pick])
         rows = {s: raw.loc[s].to_numpy() if s in raw.index else None for s in after.index}
     else:  # older runs: voxel-indexed GM features, read back from the maps
         mask = template(resolution).mask.get_fdata() > 0

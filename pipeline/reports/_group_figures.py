@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -9,6 +10,36 @@ import numpy as np
 import pandas as pd
 
 from pipeline.reports._render import Figure, save_figure
+
+logger = logging.getLogger(__name__)
+
+
+def site_labels(subjects: pd.Index, sites: pd.Series | None) -> pd.Series:
+    """The site of each subject in ``subjects``, matched on labels without ``sub-`` as text.
+
+    Parameters
+    ----------
+    subjects : Index
+        Participant labels of the embedding (``01`` or ``sub-01``).
+    sites : Series or None
+        Site per participant, indexed by label (from ``participants.tsv``).
+
+    Returns
+    -------
+    Series
+        Indexed like ``subjects``: the site, ``"unknown"`` (logged) where ``sites`` has none, or
+        ``"all"`` for every subject when ``sites`` is None.
+    """
+    if sites is None:
+        return pd.Series("all", index=subjects)
+    keys = pd.Index(subjects.astype(str)).str.removeprefix("sub-")
+    by_label = sites.set_axis(pd.Index(sites.index.astype(str)).str.removeprefix("sub-"))
+    by_label = by_label[~by_label.index.duplicated()]
+    site = pd.Series(by_label.reindex(keys).to_numpy(), index=subjects).fillna("unknown")
+    missing = site.index[site == "unknown"]
+    if len(missing):
+        logger.warning("no site in participants.tsv for %s", ", ".join(map(str, missing)))
+    return site.astype(str)
 
 
 def embedding_figure(
@@ -20,11 +51,7 @@ def embedding_figure(
 ) -> Figure:
     """Subjects on the first two principal axes of GM features, before and after ComBat."""
     fig, axes = plt.subplots(1, 2, figsize=(9, 4), sharex=True, sharey=True)
-    site = (
-        sites.reindex(table.index).fillna("unknown").astype(str)
-        if sites is not None
-        else pd.Series("all", index=table.index)
-    )
+    site = site_labels(table.index, sites)
     for ax, stage in zip(axes, ("before", "after"), strict=True):
         for name in sorted(site.unique()):
             sel = site == name
