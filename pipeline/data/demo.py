@@ -501,6 +501,18 @@ def generate_t1w(
     return img, nib.Nifti1Image(unposed.astype(np.float32), template.t1w.affine)
 
 
+def between_scan_motion(rng: np.random.Generator, head_centre: np.ndarray) -> np.ndarray:
+    """How the head moved between the T1w and the BOLD run: 1.5 mm per axis (sd) and a 0.5–2°
+    rotation about the head centre — what coregistration has to find."""
+    axis = rng.normal(size=3)
+    angle = np.radians(rng.uniform(0.5, 2.0))
+    rot = Rotation.from_rotvec(angle * axis / np.linalg.norm(axis)).as_matrix()
+    mat = np.eye(4)
+    mat[:3, :3] = rot
+    mat[:3, 3] = head_centre - rot @ head_centre + rng.normal(0.0, 1.5, size=3)
+    return mat
+
+
 def bold_grid(gauge: dict[str, Any]) -> tuple[tuple[int, ...], np.ndarray]:
     """Shape and affine of the site's BOLD grid: stored like its T1w, shifted by the FOV offset."""
     shape, affine = stored_grid(
@@ -533,11 +545,13 @@ def generate_bold(
     displacement: Displacement,
     motion: pd.DataFrame,
     rng: np.random.Generator,
+    t1w_to_bold: np.ndarray | None = None,
 ) -> tuple[nib.Nifti1Image, BoldTruth]:
     """The BOLD run (stored like the site's T1w) and what was planted in it (:class:`BoldTruth`).
 
     Per volume: the T2*-weighted baseline with dropout, the network signals at each slice's
-    acquisition time, global and physiological modulation, all sampled in the moved head; then
+    acquisition time, global and physiological modulation, all sampled in the moved head (moved
+    by ``t1w_to_bold`` between the T1w and volume 0, then by the run's motion); then
     distortion along the phase-encoding axis by the head's field map, the receive bias, drift, the site's gain and Rician noise.
     """
     from pipeline.data import epi
@@ -572,8 +586,11 @@ def generate_bold(
     data = np.empty((*shape, n_vol), dtype=np.float32)
     noise_sigma = 0.01 * TISSUE_T2STAR["gm"]
     n_regions = len(NETWORK_REGIONS)
+    between = np.eye(4) if t1w_to_bold is None else np.asarray(t1w_to_bold, dtype=float)
     for t in range(n_vol):
-        head = np.linalg.inv(motion_matrix(motion.iloc[t], centre) @ truth.template_to_scanner)
+        head = np.linalg.inv(
+            motion_matrix(motion.iloc[t], centre) @ between @ truth.template_to_scanner
+        )
         points = (head @ flat)[:3].reshape(world.shape)
         sampled = trilinear(head_maps, world_to_voxel(points, template.t1w.affine))
         base, amps = sampled[0], sampled[1 : 1 + n_regions]
@@ -861,7 +878,12 @@ def _write_subject(
     from pipeline.data.epi import motion_parameters
 
     motion = motion_parameters(rng, gauge["bold_volumes"], spec.motion_regime)
-    bold, planted = generate_bold(truth, gauge, spec, template, displacement, motion, rng)
+    between = (
+        between_scan_motion(rng, truth.centre + truth.translation) if spec.epi_effects else None
+    )
+    bold, planted = generate_bold(
+        truth, gauge, spec, template, displacement, motion, rng, t1w_to_bold=between
+    )
 
     anat = out / sub / "anat"
     func = out / sub / "func"
@@ -916,6 +938,13 @@ def _write_subject(
                     "volume t's, p -> R (p - c) + c + t (RAS mm, R = Rz Ry Rx), c = centre_mm"
                 ),
                 "motion_centre_mm": planted.motion_centre.round(6).tolist(),
+                "t1w_to_bold_volume0": (np.eye(4) if between is None else between)
+                .round(10)
+                .tolist(),
+                "t1w_to_bold_convention": (
+                    "rigid RAS map from the head's position in the T1w to its position at BOLD "
+                    "volume 0 (the subject moved between the scans)"
+                ),
                 "epi_effects": spec.epi_effects,
                 "phase_encoding_direction": gauge["phase_encoding_direction"],
                 "total_readout_time": gauge["total_readout_time"],

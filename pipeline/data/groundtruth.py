@@ -102,3 +102,66 @@ def truth_motion_matrices(
     centre = truth_motion_centre(bids_dir, subject)
     mats = np.array([params_to_matrix(r, centre) for r in truth_motion(bids_dir, subject, task)])
     return mats[start:] @ np.linalg.inv(mats[start])
+
+
+def truth_coregistration(
+    bids_dir: Path, subject: str, points_mm: np.ndarray, start: int, task: str = "rest"
+) -> tuple[np.ndarray, np.ndarray]:
+    """The true T1w → BOLD-reference map and the true EPI shift of T1w brain points.
+
+    The head moved by :math:`B` between the T1w and BOLD volume 0 (``t1w_to_bold_volume0``) and
+    by :math:`M_{start}` until volume ``start``, the one the BOLD reference is aligned to (the
+    first steady-state one), so the true rigid map is :math:`M_{start} B`. A point's image in the distorted EPI is further shifted along the
+    phase-encoding axis by ``sign × field × TotalReadoutTime`` voxels, with the field map (Hz,
+    template space) taken at the point's template position :math:`\\varphi(P^{-1} q)`.
+
+    Parameters
+    ----------
+    bids_dir, subject
+        A demo dataset and one of its subjects.
+    points_mm : ndarray of shape (N, 3)
+        T1w (scanner) points, e.g. :func:`pipeline.func.coreg_eval.brain_points` of the mask.
+    start : int
+        Index of the volume the BOLD reference is aligned to.
+
+    Returns
+    -------
+    matrix : ndarray of shape (4, 4)
+        True rigid T1w → BOLD-reference point map.
+    shift_mm : ndarray of shape (N, 3)
+        True EPI displacement of each point's image (world mm; zeros without EPI effects).
+    """
+    from pipeline.data.demo import (
+        coarse_grid,
+        displacement_from_velocity,
+        trilinear,
+        warp_points,
+        world_to_voxel,
+    )
+    from pipeline.data.epi import PhaseEncoding
+    from pipeline.data.templates import load_template
+
+    record = truth_record(bids_dir, subject)
+    bold = record.get("bold", {})
+    between = np.asarray(bold.get("t1w_to_bold_volume0", np.eye(4)), dtype=float)
+    matrix = truth_motion_matrices(bids_dir, subject, task)[start] @ between
+    shift = np.zeros_like(np.asarray(points_mm, dtype=float))
+    if not bold.get("epi_effects") or not bold.get("total_readout_time"):
+        return matrix, shift
+    tdir = _truth_dir(bids_dir, subject)
+    tpl = load_template(2)
+    pose = np.asarray(record["pose"]["template_to_scanner"])
+    to_template = np.linalg.inv(pose)
+    x = (np.asarray(points_mm) @ to_template[:3, :3].T + to_template[:3, 3]).T  # (3, N)
+    velocity = nib.load(tdir / record["anatomy"]["velocity_field"])
+    warped = warp_points(x, displacement_from_velocity(velocity, coarse_grid(tpl.t1w, 2)))
+    field_img = nib.load(tdir / bold["fieldmap"])
+    field = trilinear(
+        np.asarray(field_img.dataobj, dtype=np.float64)[None],
+        world_to_voxel(warped, field_img.affine),
+    )[0]
+    pe = PhaseEncoding.from_bids(bold["phase_encoding_direction"], bold["total_readout_time"])
+    bold_img = nib.load(Path(bids_dir) / subject / "func" / f"{subject}_task-{task}_bold.nii.gz")
+    axis_mm = bold_img.affine[:3, pe.axis]
+    shift = pe.shift_voxels(field)[:, None] * axis_mm[None, :]
+    return matrix, shift

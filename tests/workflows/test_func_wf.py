@@ -191,5 +191,30 @@ def test_end_to_end_tiny_subject(func_bids, func_anat, tmp_path):
     assert within.mean() > between.mean() + 0.15
     qc = json.loads(paths["qc_json"].read_text())
     assert qc["n_nonsteady"] == 2 and qc["coreg_dice"] > 0.8 and qc["slice_timing_corrected"]
+    # coregistration against the generator's true mapping: passes QC; 5 mm or 5 degrees off fail
+    _check_coregistration_against_truth(func_bids, func_anat, paths["coreg_xfm"])
     alff = pd.read_csv(paths["alff.Planted"], sep="\t")
     assert list(alff.columns) == ["roi", "alff", "falff"] and alff["falff"].between(0, 1).all()
+
+
+def _check_coregistration_against_truth(bids, anat, coreg_xfm) -> None:
+    from pipeline.anat._antsio import read_affine
+    from pipeline.data.groundtruth import truth_coregistration
+    from pipeline.func.coreg_eval import brain_points, coreg_accuracy
+    from pipeline.func.motion import params_to_matrix
+
+    points = brain_points(nib.load(anat["t1w_mask"]))
+    true, shift = truth_coregistration(bids, "sub-01", points, start=2)
+    estimated = read_affine(coreg_xfm)
+    score = coreg_accuracy(estimated, true, points, shift_mm=shift)
+    print("coregistration error", score)
+    assert score.passed and score.mean_mm < 2.5 and score.distortion_mean_mm > 0.1
+    # the subject moved between the scans: the header pose is worse than the registration
+    header = coreg_accuracy(np.eye(4), true, points, shift_mm=shift)
+    assert header.mean_mm > score.mean_mm + 0.5
+    centre = points.mean(axis=0)
+    for wrong in (
+        params_to_matrix([5.0, 0, 0, 0, 0, 0]) @ estimated,
+        params_to_matrix([0, 0, 0, 0, 0, np.radians(5.0)], centre) @ estimated,
+    ):
+        assert not coreg_accuracy(wrong, true, points, shift_mm=shift).passed
