@@ -19,6 +19,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from pipeline._options import StrictOptions
 from pipeline.anat.options import AnatOptions
+from pipeline.audit.options import AuditOptions
 from pipeline.dask_cluster import DaskOptions
 from pipeline.errors import ConfigError
 from pipeline.func.options import FuncOptions
@@ -61,6 +62,7 @@ class Config(StrictOptions):
     func: FuncOptions = Field(default_factory=FuncOptions, description=FuncOptions.__doc__)
     gauge: GaugeOptions = Field(default_factory=GaugeOptions, description=GaugeOptions.__doc__)
     models: ModelOptions = Field(default_factory=ModelOptions, description=ModelOptions.__doc__)
+    audit: AuditOptions = Field(default_factory=AuditOptions, description=AuditOptions.__doc__)
     dask: DaskOptions = Field(default_factory=DaskOptions, description=DaskOptions.__doc__)
 
 

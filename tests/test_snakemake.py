@@ -178,3 +178,45 @@ def test_sigkill_mid_run_then_rerun_resumes_and_matches_a_clean_run(tiny_run, tm
     resumed, reference = derivative_checksums(out), derivative_checksums(clean_dir / "out")
     assert len(reference) > 50
     assert differing(resumed, reference) == []
+
+
+def _job_counts(text: str) -> dict[str, int]:
+    """Rule -> job count from Snakemake's 'Job stats' table."""
+    table = text.split("Job stats:")[1].split("total")[0]
+    return {rule: int(n) for rule, n in re.findall(r"^(\w+)\s+(\d+)$", table, re.M)}
+
+
+GROUP_MODELS_AND_AUDIT = (
+    "models:\n  enabled: true\n  runs:\n    steerable: {}\n"
+    "    vae: {hparams: {encoder: octahedral}}\n"
+    "audit:\n  enabled: true\n  n_transforms: 1\n  reference: outputs\n"
+)
+
+
+def test_group_dag_trains_the_model_runs_and_audits_when_enabled(tiny_bids, tmp_path):
+    """With models.enabled and audit.enabled the group DAG has one train job per models.runs
+    entry and one audit job (the first subject by default), and the group job waits for them
+    (a dry run: nothing is computed; tiny_run above is the DAG without them)."""
+    config = _config(tmp_path, tiny_bids, GROUP_MODELS_AND_AUDIT)
+    proc = _snakemake("-n", "-p", "--configfile", str(config), "--directory", str(tmp_path))
+    text = proc.stdout + proc.stderr
+    assert proc.returncode == 0, text[-3000:]
+    jobs = _job_counts(text)
+    assert jobs == {"all": 1, "audit": 1, "group": 1, "participant": 2, "train": 2}, jobs
+    out = tmp_path / "out"
+    for run in ("steerable", "vae"):
+        assert f"--run {run} " in text
+        assert str(out / "group" / "models" / run / "metrics.json") in text
+    assert str(out / "sub-01" / "audit" / "sub-01_desc-invariance_residuals.tsv") in text
+    # the group job is the last: its inputs include the models and the audit
+    group_job = text.split("rule group:")[1].split("\n\n")[0]
+    assert "metrics.json" in group_job and "invariance_residuals.tsv" in group_job, group_job
+
+
+def test_group_audit_of_an_unknown_subject_is_refused(tiny_bids, tmp_path):
+    config = _config(tmp_path, tiny_bids, "audit:\n  enabled: true\n  participant_label: ['99']\n")
+    proc = _snakemake("-n", "--configfile", str(config), "--directory", str(tmp_path))
+    assert proc.returncode != 0
+    assert "audit.participant_label names subjects that are not processed: 99" in (
+        proc.stdout + proc.stderr
+    )

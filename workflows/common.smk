@@ -4,6 +4,7 @@ import sys
 from pathlib import Path
 
 from pipeline.bids import check_bids_dir, select_participants
+from pipeline.bids_names import clean_label
 from pipeline.config import validate_config
 from pipeline.errors import SymprepError
 from pipeline.io import write_text
@@ -61,8 +62,33 @@ def participant_targets():
     return expand(f"{OUT}/{STATUS_RECORD}", subject=SUBJECTS)
 
 
+#: models the group stage trains (models.enabled): the models.runs, or the one models.model
+MODEL_RUNS = CONFIG.models.run_names() if CONFIG.models.enabled else []
+#: subjects the group stage audits (audit.enabled): audit.participant_label, or the first one
+AUDIT_SUBJECTS = (
+    [clean_label(s) for s in CONFIG.audit.participant_label] or SUBJECTS[:1]
+    if CONFIG.audit.enabled
+    else []
+)
+if set(AUDIT_SUBJECTS) - set(SUBJECTS):
+    raise WorkflowError(
+        "symprep: audit.participant_label names subjects that are not processed: "
+        + ", ".join(sorted(set(AUDIT_SUBJECTS) - set(SUBJECTS)))
+    )
+
+
+def model_targets():
+    return expand(
+        f"{OUT}/group/models/{{model_run}}/metrics.json", model_run=MODEL_RUNS
+    )
+
+
+def audit_targets():
+    return expand(
+        f"{OUT}/sub-{{subject}}/audit/sub-{{subject}}_desc-invariance_residuals.tsv",
+        subject=AUDIT_SUBJECTS,
+    )
+
+
 def group_targets():
-    targets = [f"{OUT}/group/group_summary.json"]
-    if CONFIG.models.enabled:
-        targets.append(f"{OUT}/group/models/{CONFIG.models.model}/metrics.json")
-    return targets
+    return [f"{OUT}/group/group_summary.json", *model_targets()]

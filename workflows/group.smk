@@ -4,6 +4,8 @@
 rule group:
     input:
         participant_targets(),
+        models=model_targets(),  # models.enabled: its report shows them
+        audits=audit_targets(),  # audit.enabled: summarized into group/audit
     output:
         summary=f"{OUT}/group/group_summary.json",
     log:

@@ -62,6 +62,7 @@ def run_audit(
     nprocs: int = 1,
     transforms: list[AuditTransform] | None = None,
     progress: bool = True,
+    reference_dir: Path | None = None,
 ) -> pd.DataFrame:
     """Audit how invariant the participant stage is for one subject.
 
@@ -85,6 +86,12 @@ def run_audit(
         Scratch space; default ``OUTPUT_DIR_work`` beside ``OUTPUT_DIR`` (runs go to ``audit/sub-X``).
     transforms : list of AuditTransform, optional
         Use these instead of random ones.
+    progress : bool, default=True
+        Show a progress bar over the runs.
+    reference_dir : Path, optional
+        Derivatives of the untransformed subject made with the same ``config`` (e.g.
+        ``output_dir`` itself, as the Snakemake group stage does): compared with instead of a
+        rerun of the untransformed subject, which saves one participant run.
 
     Returns
     -------
@@ -94,7 +101,8 @@ def run_audit(
     Raises
     ------
     pipeline.errors.StageError
-        The untransformed reference run failed (nothing to compare with).
+        The untransformed reference run failed, or ``reference_dir`` has no outputs of the
+        subject (nothing to compare with).
     """
     from tqdm.auto import tqdm
 
@@ -115,11 +123,17 @@ def run_audit(
             n_vol = nib.load(bold[0]).shape[-1]
         transforms = draw_transforms(n_transforms, seed, n_volumes=n_vol)
     identity = AuditTransform(name="reference", orientation=None)
+    runs = [identity, *transforms]
+    ref = work / identity.name / "derivatives"
+    if reference_dir is not None:
+        ref = Path(reference_dir)
+        if not (ref / f"sub-{sub}").is_dir():
+            raise StageError(f"audit of sub-{sub}: no reference outputs in {ref}")
+        logger.info("audit sub-%s: reference outputs %s (no rerun)", sub, ref)
+        runs = list(transforms)
 
     results = {}
-    for tr in tqdm(
-        [identity, *transforms], desc=f"audit sub-{sub}", unit="run", disable=not progress
-    ):
+    for tr in tqdm(runs, desc=f"audit sub-{sub}", unit="run", disable=not progress):
         root = work / tr.name
         inputs = write_transformed_dataset(bids_dir, sub, t1w, bold, tr, root / "bids")
         res = _run_one(inputs, root / "derivatives", root / "work", sub, config, nprocs)
@@ -128,7 +142,6 @@ def run_audit(
             raise StageError(f"audit of sub-{sub}: the untransformed run failed ({res.error})")
         logger.info("audit sub-%s %s: %s", sub, tr.name, "ok" if res.ok else f"failed: {res.error}")
 
-    ref = work / identity.name / "derivatives"
     frames = []
     for tr in transforms:
         df = compare_derivatives(ref, work / tr.name / "derivatives", sub, tr.time_shift)

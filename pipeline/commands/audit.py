@@ -31,9 +31,25 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         help="subject(s) to audit (with or without sub-)",
     )
     p.add_argument(
-        "--n-transforms", type=int, default=4, help="random group elements per subject (default: 4)"
+        "--n-transforms",
+        type=int,
+        default=None,
+        help="random group elements per subject (default: the configuration's "
+        "audit.n_transforms, 4)",
     )
-    p.add_argument("--seed", type=int, default=0, help="seed of the random transforms (default: 0)")
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="seed of the random transforms (default: the configuration's audit.seed, 0)",
+    )
+    p.add_argument(
+        "--reference",
+        choices=["rerun", "outputs"],
+        default=None,
+        help="compare with a rerun of the untransformed subject, or with its outputs in "
+        "OUTPUT_DIR made with the same configuration (default: audit.reference, rerun)",
+    )
     p.add_argument("--config", type=Path, default=None, help="YAML configuration file")
     p.add_argument("--work-dir", type=Path, default=None, help="scratch folder for the reruns")
     p.add_argument("--nprocs", type=int, default=1, help="Nipype processes (default: 1)")
@@ -48,20 +64,25 @@ def run(args: argparse.Namespace) -> int:
     from pipeline.config import load_config
     from pipeline.errors import ConfigError
 
-    if args.n_transforms < 1:
-        raise ConfigError(f"--n-transforms must be at least 1; got {args.n_transforms}")
     config = load_config(args.config)
+    options = config.audit
+    n_transforms = options.n_transforms if args.n_transforms is None else args.n_transforms
+    if n_transforms < 1:
+        raise ConfigError(f"--n-transforms must be at least 1; got {n_transforms}")
+    seed = options.seed if args.seed is None else args.seed
+    reference = getattr(args, "reference", None) or options.reference
     for label in args.participant_label:
         table = run_audit(
             args.bids_dir,
             args.output_dir,
             label,
-            args.n_transforms,
+            n_transforms,
             config,
-            seed=args.seed,
+            seed=seed,
             work_dir=args.work_dir,
             nprocs=args.nprocs,
             progress=not getattr(args, "no_progress", False),
+            reference_dir=Path(args.output_dir) if reference == "outputs" else None,
         )
         worst = table.groupby(["output", "measure"])["residual"].max() if len(table) else []
         for (output, measure), value in getattr(worst, "items", lambda: [])():

@@ -6,6 +6,7 @@ Examples::
         --split leave-site-out --epochs 30 --output-dir DERIVATIVES_DIR/group/models/steerable
     symprep train BIDS_DIR DERIVATIVES_DIR --model vae \\
         --hparams '{"latent_dim": 16, "encoder": "octahedral", "beta": 0.5}'
+    symprep train BIDS_DIR DERIVATIVES_DIR --config my.yaml --run vae   # one of models.runs
 
 The VAE needs no target column; its evaluation (reconstruction MSE/SSIM, invariance of the latent
 mean, site predictability) and figures are written beside ``metrics.json``.
@@ -77,6 +78,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         help="YAML configuration file: its models: section is the base the flags override",
     )
     p.add_argument(
+        "--run",
+        default=None,
+        metavar="NAME",
+        help="train the run NAME of the configuration's models.runs (its options, and "
+        "DERIVATIVES_DIR/group/models/NAME as the default output folder)",
+    )
+    p.add_argument(
         "--hparams",
         type=json.loads,
         default=None,
@@ -119,6 +127,16 @@ def run(args: argparse.Namespace) -> int:
         from pipeline.config import load_config
 
         base = load_config(args.config).models
+    run_name = getattr(args, "run", None)
+    if run_name is not None:
+        from pipeline.errors import ConfigError
+
+        try:
+            base = (base or ModelOptions()).for_run(run_name)
+        except KeyError as exc:
+            raise ConfigError(str(exc.args[0])) from None
+        if args.output_dir is None:
+            args.output_dir = Path(args.derivatives_dir) / "group" / "models" / run_name
     opts = options_from_args(args, base)
     if opts.model == "roiset":  # FC of ROI series, leave-site-out CV beside the baselines
         from pipeline.models.roi_experiment import run_from_args

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, ValidationError, field_validator
 
 from pipeline._options import StrictOptions
 
@@ -75,3 +76,59 @@ class ModelOptions(StrictOptions):
     seed: int = Field(0, description="Seed of initialisation, shuffling, splits and augmentation.")
     resume: bool = Field(True, description="Resume from the checkpoint in the output folder.")
     progress: bool = Field(True, description="Show a progress bar.")
+    runs: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="Several models in the group stage: run name -> options of this section "
+        "that differ for that run (its model defaults to the name), each trained into "
+        "group/models/NAME (`symprep train --run NAME`); empty: the one model above. E.g. "
+        "{steerable: {}, vae: {hparams: {encoder: octahedral}}}.",
+    )
+
+    @field_validator("runs")
+    @classmethod
+    def _check_runs(cls, runs: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        for name, overrides in runs.items():
+            if not _RUN_NAME.fullmatch(name):
+                raise ValueError(f"run name {name!r}: use letters, digits, '-' and '_'")
+            keys = set(overrides or {})
+            bad = sorted((keys - set(cls.model_fields)) | (keys & {"runs"}))
+            if bad:
+                raise ValueError(f"run {name!r}: unknown or disallowed option(s) {bad}")
+            try:  # each run must validate on its own
+                cls(**_run_values(cls(), name, overrides or {}))
+            except ValidationError as exc:
+                err = exc.errors()[0]
+                where = ".".join(map(str, err["loc"]))
+                raise ValueError(f"run {name!r}: {where}: {err['msg']}") from None
+        return runs
+
+    def run_names(self) -> list[str]:
+        """Names of the models the group stage trains: the ``runs``, or the one ``model``."""
+        return list(self.runs) or [self.model]
+
+    def for_run(self, name: str) -> ModelOptions:
+        """The options of run ``name``: this section updated by ``runs[name]`` (no ``runs``).
+
+        Raises
+        ------
+        KeyError
+            ``name`` is not a run (nor, without runs, the configured ``model``).
+        """
+        if name not in self.runs:
+            if not self.runs and name == self.model:
+                return self
+            raise KeyError(f"no model run {name!r} (runs: {', '.join(self.run_names())})")
+        return type(self)(**_run_values(self, name, self.runs[name] or {}))
+
+
+_RUN_NAME = re.compile(r"[A-Za-z0-9_-]+")
+_MODELS = ("cnn", "octahedral", "steerable", "relaxed", "vae", "roiset")
+
+
+def _run_values(base: ModelOptions, name: str, overrides: dict[str, Any]) -> dict[str, Any]:
+    values = base.model_dump()
+    values["runs"] = {}
+    if name in _MODELS:
+        values["model"] = name
+    values.update(overrides)
+    return values

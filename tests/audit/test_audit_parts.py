@@ -198,6 +198,6 @@ def test_audit_command_parser_and_bad_k(tmp_path):
     args = parser.parse_args(
         ["audit", "b", "o", "--participant-label", "01", "--n-transforms", "0"]
     )
-    assert args.func is audit.run and args.seed == 0
+    assert args.func is audit.run and args.seed is None  # the configuration's audit.seed
     with pytest.raises(ConfigError, match="--n-transforms must be at least 1; got 0"):
         audit.run(args)
