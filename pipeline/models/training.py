@@ -663,6 +663,12 @@ def _train_vae_from_bids(
             batch_size=opts.batch_size,
             seed=opts.seed,
             progress=opts.progress,
+            pose_inputs={  # demo datasets: real poses vs the un-posed ground truth
+                "bids_dir": bids_dir,
+                "derivatives_dir": derivatives_dir,
+                "labels": list(table.index),
+                "pattern": opts.input_pattern,
+            },
         )
 
     return fit_vae(model, train, test, out, opts, report)

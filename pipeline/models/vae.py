@@ -109,7 +109,8 @@ class VAE(nn.Module):
     beta : float, default=1.0
         Weight of the KL term.
     encoder_hparams : dict, optional
-        Extra keyword arguments of the invariant encoder (e.g. ``lmax`` for steerable).
+        Extra keyword arguments of the invariant encoder (e.g. ``lmax`` for steerable; ``widths``
+        for octahedral, which otherwise shares the decoder's).
     """
 
     def __init__(
@@ -135,7 +136,10 @@ class VAE(nn.Module):
         elif encoder == "octahedral":
             from pipeline.models.octahedral import OctahedralCNN
 
-            self.encoder = OctahedralCNN(in_channels, 2 * num_outputs, widths=widths, **extra)
+            # encoder_hparams may give the encoder its own widths (the decoder keeps ``widths``)
+            self.encoder = OctahedralCNN(
+                in_channels, 2 * num_outputs, **{"widths": widths, **extra}
+            )
         else:
             from pipeline.models.steerable import SteerableCNN
 
@@ -182,17 +186,22 @@ class VAE(nn.Module):
         return self.decode(z)
 
     def loss(
-        self, x: torch.Tensor, generator: torch.Generator | None = None
+        self,
+        x: torch.Tensor,
+        generator: torch.Generator | None = None,
+        target: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """β-weighted negative ELBO (mean over the batch) and its terms ``recon`` and ``kl``
         (both per voxel), computed in float32 (also under autocast).
 
         In eval mode :math:`z = \\mu` and ``recon`` is the reconstruction MSE per voxel.
+        ``target`` (default ``x``) is what the decoder must reconstruct: a denoising VAE encodes
+        a corrupted ``x`` and is scored against the clean ``target``.
         """
         mu, logvar = self.encode(x)
         mu, logvar = mu.float(), logvar.float()
         xhat = self.decode(self.reparameterize(mu, logvar, generator)).float()
-        x = x.float()
+        x = (x if target is None else target).float()
         n = x[0].numel()
         recon = (xhat - x).pow(2).flatten(1).sum(1) / n
         kl = 0.5 * (mu.pow(2) + logvar.exp() - logvar - 1).sum(1) / n

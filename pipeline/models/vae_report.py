@@ -12,6 +12,16 @@ What :func:`vae_report` measures (all written into the run's ``metrics.json``):
   up to rounding for an ``octahedral`` encoder) and over intensity gauges — gain, a monotone
   (power-law) contrast change and a smooth bias field — applied to the *raw* image before the
   per-volume normalisation, i.e. to the whole path scanner intensities → :math:`\mu`.
+  The gain row is exact by construction: :func:`~pipeline.models.data.prepare_volume` z-scores
+  every volume, so a gain cancels before the encoder sees it (the measured change is rounding).
+- **Invariance beyond the construction**: :func:`mu_so3_invariance` — μ's movement under
+  *arbitrary* SO(3) rotations (quintic-spline resampling, the harness of
+  :func:`pipeline.symmetry.so3_invariance`: error and round-trip floor in units of μ's spread
+  across inputs), on the subjects' volumes and on band-limited volumes of the same grid; and
+  :func:`mu_pose_invariance` — real head poses through the pipeline: μ of each subject's
+  template-space output (registered) and of its native image put on the template grid by its
+  header only (native, unregistered), against μ of its un-posed ground truth
+  (``sourcedata/groundtruth/``, demo datasets only).
 - **Site predictability** (:func:`site_predictability`): stratified K-fold balanced accuracy of a
   logistic regression predicting the site from :math:`\mu`, chance level :math:`1/n_\text{sites}`
   beside it, and the same after ComBat on :math:`\mu` (fitted on each training fold only).
@@ -40,6 +50,8 @@ from pipeline.models.device import autocast as _autocast
 __all__ = [
     "latent_traversal_figure",
     "mu_invariance",
+    "mu_pose_invariance",
+    "mu_so3_invariance",
     "reconstruction_metrics",
     "samples_figure",
     "site_predictability",
@@ -258,6 +270,148 @@ def mu_invariance(
                 err = _relative_change(model(gx[None].to(device)).float(), mu)
                 gauge_errs.setdefault(name, []).append(err)
     out.update({k: _summary(torch.cat(v)) for k, v in gauge_errs.items()})
+    if "gain" in out:
+        out["gain"]["note"] = GAIN_NOTE
+    return out
+
+
+#: recorded beside the gain row of :func:`mu_invariance`
+GAIN_NOTE = "exact by construction: prepare_volume z-scores each volume, so a gain cancels"
+
+
+@torch.no_grad()
+def mu_so3_invariance(
+    model: torch.nn.Module,
+    volumes: torch.Tensor,
+    n_rotations: int = 3,
+    seed: int = 0,
+    max_volumes: int = 8,
+    batch_size: int = 4,
+) -> dict[str, Any]:
+    r"""μ's movement under random SO(3) rotations, in units of μ's spread across inputs.
+
+    :func:`pipeline.symmetry.so3_invariance` with Haar-random rotations (quintic B-splines about
+    the grid centre, the round-trip floor beside the error), on
+
+    - ``subjects``: the first ``max_volumes`` prepared volumes (brain images: their edges are
+      not band-limited, so the floor is higher);
+    - ``band_limited``: as many :func:`pipeline.symmetry.smooth_volumes` of the same grid (the
+      encoder's own property, resolvable down to a floor of ~1e-4).
+
+    Returns
+    -------
+    dict
+        ``{"subjects" | "band_limited": {"error", "floor", "spread", "ratio"}, "n_rotations",
+        "n_volumes"}``.
+    """
+    from pipeline.symmetry import random_rotations, smooth_volumes, so3_invariance
+
+    model.eval()
+    p = next(model.parameters())
+    x = volumes[:max_volumes].to(device=p.device, dtype=p.dtype)
+    rotations = random_rotations(n_rotations, seed=seed + 100)
+    out: dict[str, Any] = {"n_rotations": n_rotations, "n_volumes": len(x)}
+    if len(x) < 2:
+        out["reason"] = "needs at least two volumes (the spread needs pairs)"
+        return out
+    smooth = smooth_volumes(len(x), x.shape[-3:], channels=x.shape[1], seed=seed, dtype=p.dtype)
+    for name, inputs in (("subjects", x), ("band_limited", smooth.to(p.device))):
+        res = so3_invariance(model, inputs, rotations, batch_size=batch_size).as_dict()
+        res.pop("per_rotation")
+        out[name] = res
+    return out
+
+
+def _on_grid(img: Any, ref: Any) -> np.ndarray:
+    """``img``'s data resampled (trilinear, by world coordinates) onto ``ref``'s voxel grid."""
+    from scipy import ndimage
+
+    data = np.asarray(img.get_fdata(dtype=np.float32))
+    if img.shape[:3] == ref.shape[:3] and np.allclose(img.affine, ref.affine, atol=1e-4):
+        return data
+    vox = np.linalg.inv(img.affine) @ ref.affine
+    return ndimage.affine_transform(
+        data, vox[:3, :3], vox[:3, 3], output_shape=ref.shape[:3], order=1, cval=0.0
+    ).astype(np.float32)
+
+
+@torch.no_grad()
+def mu_pose_invariance(
+    model: torch.nn.Module,
+    bids_dir: str | os.PathLike[str],
+    derivatives_dir: str | os.PathLike[str],
+    labels: Sequence[str],
+    pattern: str,
+    levels: int,
+    downsample: int = 1,
+    max_subjects: int = 16,
+) -> dict[str, Any]:
+    r"""μ under real head poses through the pipeline, against the un-posed ground truth.
+
+        For each subject of a demo dataset (``sourcedata/groundtruth/sub-*/…desc-unposed_T1w``: the
+        subject's anatomy and monotone gauge on the template grid, no pose, bias or noise), μ of
+
+        - ``registered``: the pipeline's template-space output (``pattern`` under
+          ``derivatives_dir``), and
+        - ``native``: the raw T1w put on the template grid by its header alone (the pose left in),
+
+        is compared with μ of the ground truth: the relative change
+        :math:`\lVert\mu(x) - \mu(x_0)
+    Vert / \lVert\mu(x_0)
+    Vert` (mean, median, max) and the RMS
+        change in units of the ground truths' spread across subjects (``spread_units``). All inputs go
+        through :func:`~pipeline.models.data.prepare_volume`.
+
+        Returns
+        -------
+        dict
+            ``registered``, ``native`` (each ``mean``, ``median``, ``max``, ``spread_units``),
+            ``n_subjects``; or ``reason`` when no subject has a ground truth.
+    """
+    import nibabel as nib
+
+    from pipeline.models.data import prepare_volume
+
+    model.eval()
+    p = next(model.parameters())
+    bids, deriv = Path(bids_dir), Path(derivatives_dir)
+    mus: dict[str, list[torch.Tensor]] = {"truth": [], "registered": [], "native": []}
+    for label in labels:
+        if len(mus["truth"]) >= max_subjects:
+            break
+        sub = f"sub-{label}"
+        truth = (
+            bids
+            / "sourcedata"
+            / "groundtruth"
+            / sub
+            / (f"{sub}_space-MNI152NLin2009aSym_desc-unposed_T1w.nii.gz")
+        )
+        out_path = deriv / pattern.format(label=label)
+        raw = bids / sub / "anat" / f"{sub}_T1w.nii.gz"
+        if not (truth.exists() and out_path.exists() and raw.exists()):
+            continue
+        ref = nib.load(truth)
+        for key, img in (
+            ("truth", ref),
+            ("registered", nib.load(out_path)),
+            ("native", nib.load(raw)),
+        ):
+            x = prepare_volume(_on_grid(img, ref), levels, downsample)
+            mus[key].append(model(x[None].to(device=p.device, dtype=p.dtype)).double().cpu())
+    n = len(mus["truth"])
+    out: dict[str, Any] = {"n_subjects": n}
+    if n == 0:
+        out["reason"] = "no subject with a ground truth (sourcedata/groundtruth/) and an output"
+        return out
+    mu0 = torch.cat(mus["truth"])
+    spread = float(torch.pdist(mu0).pow(2).mean().sqrt()) if n > 1 else float("nan")
+    for key in ("registered", "native"):
+        mu = torch.cat(mus[key])
+        entry = _summary(_relative_change(mu, mu0))
+        rms = float((mu - mu0).pow(2).sum(1).mean().sqrt())
+        entry["spread_units"] = rms / spread if spread > 0 else None
+        out[key] = entry
     return out
 
 
@@ -428,6 +582,8 @@ def vae_report(
     seed: int = 0,
     max_invariance_volumes: int = 16,
     progress: bool = False,
+    pose_inputs: dict[str, Any] | None = None,
+    so3_rotations: int = 3,
 ) -> dict[str, Any]:
     """Invariance, site predictability, latent statistics and the two figures of a trained VAE.
 
@@ -455,11 +611,17 @@ def vae_report(
         Seed of the CV folds and of the samples.
     max_invariance_volumes : int, default=16
         Volumes (test part first) used for the invariance measures.
+    pose_inputs : dict, optional
+        ``bids_dir``, ``derivatives_dir``, ``labels``, ``pattern`` for
+        :func:`mu_pose_invariance` (skipped when None or without a ground truth).
+    so3_rotations : int, default=3
+        Random rotations of :func:`mu_so3_invariance` (0 skips it).
 
     Returns
     -------
     dict
-        ``latent`` (``dim``, ``kl_per_dim``), ``invariance`` (see :func:`mu_invariance`),
+        ``latent`` (``dim``, ``kl_per_dim``), ``invariance`` (see :func:`mu_invariance`; with
+        ``so3`` from :func:`mu_so3_invariance`), ``pose_invariance`` (with ``pose_inputs``),
         ``site_prediction`` (see :func:`site_predictability`) and ``figures`` (PNG names relative
         to ``out_dir``, with what they show).
     """
@@ -485,6 +647,16 @@ def vae_report(
             batch_size,
             progress,
         )
+        if so3_rotations:
+            invariance["so3"] = mu_so3_invariance(
+                model, volumes[inv_idx], so3_rotations, seed, batch_size=batch_size
+            )
+        pose = None
+        if pose_inputs is not None:
+            pose = mu_pose_invariance(
+                model, levels=int(getattr(model, "levels", 0)), downsample=downsample,
+                **pose_inputs,
+            )  # fmt: skip
         figures = {
             "latent_traversals": latent_traversal_figure(
                 model, mu[ref], kl, out / FIGURES["latent_traversals"]
@@ -494,6 +666,7 @@ def vae_report(
     return {
         "latent": {"dim": int(mu.shape[1]), "kl_per_dim": [float(v) for v in kl]},
         "invariance": invariance,
+        **({"pose_invariance": pose} if pose is not None else {}),
         "site_prediction": site_predictability(mu.numpy(), sites, seed),
         "figures": figures,
     }

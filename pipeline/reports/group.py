@@ -269,7 +269,10 @@ _VAE_COLUMNS = {
     "train MSE": ("train", "mse"),
     "train SSIM": ("train", "ssim"),
     "Δμ cube rotations": ("invariance", "cube_rotations", "mean"),
-    "Δμ gain": ("invariance", "gain", "mean"),
+    "Δμ SO(3) (÷ spread)": ("invariance", "so3", "subjects", "error"),
+    "Δμ pose, registered (÷ spread)": ("pose_invariance", "registered", "spread_units"),
+    "Δμ pose, native (÷ spread)": ("pose_invariance", "native", "spread_units"),
+    "Δμ gain (exact: z-scored)": ("invariance", "gain", "mean"),
     "Δμ contrast": ("invariance", "contrast", "mean"),
     "Δμ bias field": ("invariance", "bias_field", "mean"),
     "site BA from μ": ("site_prediction", "balanced_accuracy"),
@@ -308,6 +311,31 @@ def _vae_section(runs: list[tuple[str, Path, dict[str, Any]]], group_dir: Path) 
     return {"table": {"columns": ["run", *_VAE_COLUMNS], "rows": rows}, "figures": figures}
 
 
+#: where the ``benchmarks/vae_emergence.py`` figure is looked for: the run's group folder, then
+#: the source checkout's benchmark outputs
+_EMERGENCE = ("benchmarks/vae_emergence/vae_emergence.png",)
+
+
+def _vae_emergence_figure(group_dir: Path, fig_dir: Path) -> list[Figure]:
+    """The VAE-emergence benchmark's figure (issue 20), copied beside the report, when it exists."""
+    import shutil
+
+    repo = Path(__file__).resolve().parents[2]
+    for path in [group_dir / p for p in _EMERGENCE] + [repo / p for p in _EMERGENCE]:
+        if path.is_file():
+            fig_dir.mkdir(parents=True, exist_ok=True)
+            dest = fig_dir / path.name
+            shutil.copyfile(path, dest)
+            caption = (
+                "VAE invariance vs reconstruction (benchmarks/vae_emergence.py): Δμ under small "
+                "rotations (÷ μ's spread across subjects) against reconstruction MSE, one curve "
+                "per latent size of the plain encoder, invariant encoders as markers."
+            )
+            src = os.path.relpath(dest, group_dir).replace(os.sep, "/")
+            return [Figure("vae-emergence", src, caption, *_png_size(dest))]
+    return []
+
+
 def _models(output_dir: Path, fig_dir: Path) -> tuple[dict | None, list[Figure], list[str]]:
     mdir = output_dir / "group" / "models"
     rows, logs, names, vae_runs = [], {}, [], []
@@ -344,7 +372,7 @@ def _models(output_dir: Path, fig_dir: Path) -> tuple[dict | None, list[Figure],
         ],
     }
     fig = training_curves_figure(logs, fig_dir / "training_curves.png", output_dir / "group")
-    figs = [fig] if fig else []
+    figs = ([fig] if fig else []) + _vae_emergence_figure(output_dir / "group", fig_dir)
     vae = _vae_section(vae_runs, output_dir / "group")
     all_figs = figs + (vae["figures"] if vae else [])
     return {"table": table, "figures": figs, "vae": vae}, all_figs, names

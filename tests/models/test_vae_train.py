@@ -106,9 +106,15 @@ def test_vae_trains_without_a_target_and_writes_its_evaluation(dataset, cnn_run)
         assert 0 < rec["mse"] < 1.5 and 0 < rec["ssim"] <= 1
     inv = metrics["invariance"]
     assert inv["n_volumes"] == 8
-    assert set(inv) == {"n_volumes", "cube_rotations", "gain", "contrast", "bias_field"}
+    assert set(inv) == {"n_volumes", "cube_rotations", "gain", "contrast", "bias_field", "so3"}
     # the per-volume z-scoring removes a gain, not a power-law contrast change
     assert inv["gain"]["max"] < 1e-5 < inv["contrast"]["mean"]
+    assert "exact by construction" in inv["gain"]["note"]
+    # arbitrary rotations (the SO(3) harness): a plain encoder moves mu above the floor
+    for key in ("subjects", "band_limited"):
+        assert 0 <= inv["so3"][key]["floor"] < inv["so3"][key]["error"] < 10
+    # no ground truth in this dataset: the pose measure says so
+    assert metrics["pose_invariance"]["n_subjects"] == 0
     site = metrics["site_prediction"]
     assert site["chance"] == 0.5 and site["n_sites"] == 2 and site["n_splits"] == 4
     # the reported site prediction is that of this model's mu for each subject's own site:
