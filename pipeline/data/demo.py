@@ -7,7 +7,8 @@ nilearn ships. Every nuisance that symprep removes is planted with a recorded va
   (stationary velocity field :math:`v` on a coarse grid, integrated by scaling and squaring);
 * **diagnosis** — a local atrophy in a fixed template region (grey matter turned CSF-like with a
   Gaussian profile), for ``diagnosis == "ASD"`` subjects only; it lives in template space and so
-  does not depend on the pose;
+  does not depend on the pose; ASD subjects' default-mode regions are also less correlated
+  (:data:`DIAGNOSIS_FC_EFFECT`), a connectivity effect for diagnosis from FC;
 * **pose** — a rotation :math:`R` drawn uniformly from SO(3) plus a translation :math:`t`, about
   the template's brain centre :math:`c`: a template point :math:`x` lies at scanner point
   :math:`p = R(x - c) + c + t`;
@@ -75,6 +76,8 @@ NETWORK_REGIONS = pd.DataFrame(
     }
 )
 REGION_RADIUS_MM = 8.0
+#: planted connectivity effect: ASD subjects' within-DMN correlation is scaled by (1 - this)
+DIAGNOSIS_FC_EFFECT = 0.5
 TISSUE_T2STAR = {"gm": 800.0, "wm": 640.0, "csf": 1000.0}
 DUMMY_SCANS = 2
 
@@ -379,23 +382,31 @@ def rician(signal: np.ndarray, sigma: float, rng: np.random.Generator) -> np.nda
 # --------------------------------------------------------------------------- BOLD
 
 
-def network_correlation() -> np.ndarray:
-    """Ground-truth correlation between the planted regions (0.6 within a network, 0 across)."""
+def network_correlation(diagnosis: str = "TDC") -> np.ndarray:
+    """Ground-truth correlation between the planted regions: 0.6 within a network, 0 across;
+    for ``diagnosis == "ASD"`` the default-mode edges are weaker by :data:`DIAGNOSIS_FC_EFFECT`
+    (the planted connectivity effect that a diagnosis classifier can find)."""
     nets = NETWORK_REGIONS["network"].to_numpy()
     corr = np.where(nets[:, None] == nets[None, :], 0.6, 0.0)
+    if diagnosis == "ASD":
+        dmn = (nets[:, None] == "DMN") & (nets[None, :] == "DMN")
+        corr = np.where(dmn, corr * (1.0 - DIAGNOSIS_FC_EFFECT), corr)
     np.fill_diagonal(corr, 1.0)
     return corr
 
 
-def network_signals(rng: np.random.Generator, times: np.ndarray, tr: float) -> np.ndarray:
-    """Band-limited (0.01–0.1 Hz) region signals with the planted correlation, sampled at ``times``.
+def network_signals(
+    rng: np.random.Generator, times: np.ndarray, tr: float, diagnosis: str = "TDC"
+) -> np.ndarray:
+    """Band-limited (0.01–0.1 Hz) region signals with the planted correlation
+    (:func:`network_correlation` of ``diagnosis``), sampled at ``times``.
 
     Signals are made on a fine grid (0.1 s), filtered identically (so the correlation structure is
     kept) and interpolated at arbitrary acquisition times (slice timing).
     """
     dt = 0.1
     fine = np.arange(-20.0, times.max() + 20.0, dt)
-    chol = np.linalg.cholesky(network_correlation())
+    chol = np.linalg.cholesky(network_correlation(diagnosis))
     white = rng.normal(size=(fine.size, chol.shape[0])) @ chol.T
     freqs = np.fft.rfftfreq(fine.size, dt)
     band = (freqs >= 0.01) & (freqs <= 0.1)
@@ -575,7 +586,9 @@ def generate_bold(
         np.stack(maps).astype(np.float32), template, world_t, displacement
     )
     acq_times = np.arange(n_vol)[:, None] * tr + np.asarray(slice_times)[None, :]
-    signals = network_signals(rng, acq_times.ravel(), tr).reshape(n_vol, shape[2], -1)
+    signals = network_signals(rng, acq_times.ravel(), tr, truth.diagnosis).reshape(
+        n_vol, shape[2], -1
+    )
     global_signal = network_signals(rng, np.arange(n_vol) * tr, tr)[:, 0]
     physio = epi.Physiology.draw(rng, np.arange(n_vol) * tr)
     pe = epi.PhaseEncoding.from_bids(gauge["phase_encoding_direction"], gauge["total_readout_time"])
@@ -727,7 +740,8 @@ PARTICIPANTS_JSON = {
     "age": {"Description": "Age at scan", "Units": "year"},
     "sex": {"Description": "Sex", "Levels": {"M": "male", "F": "female"}},
     "diagnosis": {
-        "Description": "Planted diagnosis (synthetic): ASD subjects carry a local atrophy",
+        "Description": "Planted diagnosis (synthetic): ASD subjects carry a local atrophy and "
+        "weaker default-mode connectivity",
         "Levels": {"ASD": "planted effect", "TDC": "control"},
     },
 }
@@ -794,6 +808,10 @@ def make_demo_dataset(
         network_correlation(), index=NETWORK_REGIONS.region, columns=NETWORK_REGIONS.region
     )
     write_text(truth_dir / "network_correlation.tsv", corr.to_csv(sep="\t"))
+    corr_asd = pd.DataFrame(
+        network_correlation("ASD"), index=NETWORK_REGIONS.region, columns=NETWORK_REGIONS.region
+    )
+    write_text(truth_dir / "network_correlation_ASD.tsv", corr_asd.to_csv(sep="\t"))
     write_json(
         truth_dir / "diagnosis_effect.json",
         {
@@ -801,6 +819,12 @@ def make_demo_dataset(
             "sigma_mm": DIAGNOSIS_SIGMA_MM,
             "strength": DIAGNOSIS_STRENGTH,
             "description": "ASD subjects: template GM intensity moved towards CSF by strength * gaussian * GM",
+            "connectivity": {
+                "description": "ASD subjects: within-DMN correlation of the planted region "
+                "signals scaled by (1 - fc_effect): network_correlation_ASD.tsv vs "
+                "network_correlation.tsv",
+                "fc_effect": DIAGNOSIS_FC_EFFECT,
+            },
         },
     )
     write_json(truth_dir / "spec.json", {k: v for k, v in spec.__dict__.items()})
@@ -993,7 +1017,8 @@ def _readme(spec: DemoSpec) -> str:
         f"`symprep demo-data` (version {__version__}) from the MNI152 2009a symmetric template.\n"
         "Every subject has a head pose drawn uniformly from SO(3), a random smooth anatomical warp,\n"
         "and a site-specific intensity gauge, storage orientation, voxel size and field of view.\n"
-        "ASD subjects carry a planted local atrophy. BOLD runs carry a planted network, head motion,\n"
+        "ASD subjects carry a planted local atrophy and weaker default-mode connectivity.\n"
+        "BOLD runs carry a planted network, head motion,\n"
         "slice timing, susceptibility dropout and distortion, respiratory and cardiac noise, drift\n"
         "and two non-steady-state volumes; sites differ in TR, volume count and slice order.\n"
         "Ground truth: sourcedata/groundtruth/.\n"

@@ -76,6 +76,13 @@ def truth_record(bids_dir: Path, subject: str) -> dict:
     return json.loads((_truth_dir(bids_dir, subject) / f"{subject}_groundtruth.json").read_text())
 
 
+def truth_network_correlation(bids_dir: Path, subject: str) -> np.ndarray:
+    """The planted correlation between the network regions for this subject's diagnosis."""
+    from pipeline.data.demo import network_correlation
+
+    return network_correlation(truth_record(bids_dir, subject).get("diagnosis", "TDC"))
+
+
 def truth_motion(bids_dir: Path, subject: str, task: str = "rest") -> np.ndarray:
     """The true head motion of the subject's run: ``(T, 6)`` parameters as in
     :data:`pipeline.func.motion.MOTION_COLUMNS` (the demo's ``desc-motion_timeseries.tsv``),

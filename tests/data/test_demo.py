@@ -162,3 +162,22 @@ def test_same_seed_gives_identical_files(tmp_path, tiny_bids, tiny_spec):
         "sourcedata/groundtruth/sub-01/sub-01_groundtruth.json",
     ]:
         assert digest(tmp_path / "again", rel) == digest(tiny_bids, rel)
+
+
+def test_planted_connectivity_effect_of_diagnosis():
+    """ASD subjects' default-mode regions are less correlated: the sample FC of long planted
+    signals recovers the recorded effect, and the motor network is unchanged."""
+    from pipeline.data.demo import DIAGNOSIS_FC_EFFECT, NETWORK_REGIONS, network_signals
+
+    times = np.arange(3000) * 2.0
+    nets = NETWORK_REGIONS["network"].to_numpy()
+    dmn = np.flatnonzero(nets == "DMN")
+    iu = np.triu_indices(len(dmn), 1)
+    fc = {}
+    for diagnosis in ("TDC", "ASD"):
+        sig = network_signals(np.random.default_rng(4), times, 2.0, diagnosis)
+        corr = np.corrcoef(sig.T)
+        fc[diagnosis] = (corr[np.ix_(dmn, dmn)][iu].mean(), corr[4, 5])
+    assert fc["TDC"][0] == pytest.approx(0.6, abs=0.06)
+    assert fc["ASD"][0] == pytest.approx(0.6 * (1 - DIAGNOSIS_FC_EFFECT), abs=0.06)
+    assert fc["ASD"][1] == pytest.approx(fc["TDC"][1], abs=0.08)

@@ -120,7 +120,7 @@ def test_bad_bold_inputs(func_bids, tmp_path, change, error, match):
 
 
 def test_end_to_end_tiny_subject(func_bids, func_anat, tmp_path):
-    from pipeline.data.demo import network_correlation
+    from pipeline.data.groundtruth import truth_network_correlation
     from pipeline.func.motion import matrix_to_params
 
     opts = FuncOptions(
@@ -185,7 +185,7 @@ def test_end_to_end_tiny_subject(func_bids, func_anat, tmp_path):
     iu = np.triu_indices(6, 1)
     # 22 volumes are too few to estimate 15 edges well (the benchmark measures recovery on longer
     # runs); the planted structure must still show: within-network edges above between-network
-    planted = network_correlation()
+    planted = truth_network_correlation(func_bids, "sub-01")
     within, between = est_fc[iu][planted[iu] > 0], est_fc[iu][planted[iu] == 0]
     print("FC within", within.mean(), "between", between.mean())
     assert within.mean() > between.mean() + 0.15
