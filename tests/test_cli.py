@@ -502,3 +502,26 @@ def test_mem_sets_the_local_dask_workers_limits():
     assert _dask_options(load_config(None, dask={"n_workers": 2})).memory_limit == "2GB"
     slurm = load_config(None, mem_gb=8.0, dask={"scheduler": "slurm"})
     assert _dask_options(slurm).memory_limit == "2GB"
+
+
+def test_a_subject_over_the_memory_limit_fails_cleanly(tiny_bids, tmp_path):
+    """``--mem`` is enforced (RLIMIT_DATA): a subject needing more fails with one line naming the
+    limit and the node, no traceback, no partial derivatives; the limit is lifted afterwards."""
+    import resource
+    import subprocess
+    import sys
+
+    before = resource.getrlimit(resource.RLIMIT_DATA)
+    out = tmp_path / "out"
+    argv = [sys.executable, "-m", "pipeline", str(tiny_bids), str(out), "participant"]
+    argv += ["--participant-label", "01", "--mem", "30", "--nthreads", "1"]
+    argv += ["-w", str(tmp_path / "work")]
+    run = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 1, run.stderr[-2000:]
+    assert "Traceback" not in run.stderr + run.stdout
+    line = next(x for x in run.stdout.splitlines() if x.startswith("symprep: sub-01 failed"))
+    assert "ran out of memory under the --mem limit of 30 MB" in line and "node " in line
+    failure = json.loads((out / "logs" / "sub-01_failure.json").read_text())
+    assert failure["status"] == "failed" and "traceback" not in failure
+    assert not list((out / "sub-01").rglob("*.nii.gz"))  # nothing partial
+    assert resource.getrlimit(resource.RLIMIT_DATA) == before

@@ -219,9 +219,11 @@ def run(args: argparse.Namespace) -> int:
     )
 
     if args.analysis_level == "participant":
+        from pipeline.memory import memory_limit
         from pipeline.workflows.participant import run_participants
 
-        results = run_participants(layout, subjects, output_dir, work_dir, config, nprocs)
+        with memory_limit(None if memory_gb is None else memory_gb * 1000.0):
+            results = run_participants(layout, subjects, output_dir, work_dir, config, nprocs)
         failed = [r for r in results if not r.ok]
         for r in failed:
             print(f"symprep: sub-{r.subject} failed ({r.stage}): {r.error}")

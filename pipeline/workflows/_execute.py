@@ -120,6 +120,11 @@ def run_workflow(wf: pe.Workflow, *, work_dir: Path, nprocs: int, what: str) -> 
         wf.run(plugin=plugin, plugin_args=args)
     except RuntimeError as exc:
         detail = _crash_summary(crash_dir, start) or " ".join(str(exc).split())
+        if "MemoryError" in detail or "bad_alloc" in detail:
+            from pipeline.memory import OutOfMemoryError, out_of_memory_message
+
+            node = detail.split(":")[0]
+            raise OutOfMemoryError(out_of_memory_message(f"the {what}", node)) from exc
         raise StageError(
             f"{what} failed ({' '.join(detail.split())[:300]}); crash files in {crash_dir}"
         ) from exc

@@ -37,6 +37,24 @@ class SubjectResult:
     seconds: float = 0.0
 
 
+class _NoTracebacks(logging.Filter):
+    """Cut the traceback out of Nipype's crash messages: the subject's failure record and the
+    crash file keep it; the terminal gets one line (``-vv`` shows everything)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        cut = message.find("Traceback (most recent call last)")
+        if cut >= 0:
+            record.msg = " ".join(message[:cut].split()) + " (traceback in the crash file)"
+            record.args = ()
+        record.exc_info = None
+        record.exc_text = None
+        return True
+
+
+_TRACEBACK_FILTER = _NoTracebacks()
+
+
 def _tame_nipype_logging() -> None:
     """Nipype logs through its own handlers: stop its records reaching ours twice, and follow our
     verbosity: WARNING by default, INFO with ``-v`` (the root logger below INFO), DEBUG with
@@ -55,6 +73,10 @@ def _tame_nipype_logging() -> None:
         log = logging.getLogger(name)
         log.propagate = False
         log.setLevel(level)
+        if level > logging.DEBUG:
+            log.addFilter(_TRACEBACK_FILTER)
+        else:
+            log.removeFilter(_TRACEBACK_FILTER)
     name = logging.getLevelName(level)
     for option in ("workflow_level", "interface_level", "utils_level"):
         nipype.config.set("logging", option, name)
@@ -114,6 +136,12 @@ def run_participant(
             outputs.update({f"{stage}.{k}": str(v) for k, v in result.items()})
     except SymprepError as exc:
         return _failed(output_dir, subject, stage, str(exc), None, start)
+    except MemoryError:
+        from pipeline.memory import out_of_memory_message
+
+        return _failed(
+            output_dir, subject, stage, out_of_memory_message(f"the {stage} stage"), None, start
+        )
     except Exception as exc:  # a bug: record it with its traceback, go on with other subjects
         return _failed(
             output_dir,
