@@ -46,6 +46,7 @@ def motion_error(bids: Path, subject: str, confounds: Path, start: int) -> tuple
     truth = truth_motion_matrices(bids, subject, start=start)
     rel = np.array([matrix_to_params(m, centre) for m in truth])
     est = pd.read_csv(confounds, sep="\t", na_values="n/a")[list(MOTION_COLUMNS)].to_numpy()
+    est = est[len(est) - len(rel) :]  # the confounds keep the non-steady-state volumes
     err = est - rel
     return float(np.sqrt(np.mean(err[:, :3] ** 2))), float(
         np.degrees(np.sqrt(np.mean(err[:, 3:] ** 2)))
