@@ -307,8 +307,13 @@ def bold_files(
     return runs
 
 
-def read_participants(bids_dir: str | os.PathLike[str]) -> pd.DataFrame:
-    """``participants.tsv`` indexed by label without ``sub-`` (columns as in the file)."""
+def read_participants(bids_dir: str | os.PathLike[str], site_column: str = "site") -> pd.DataFrame:
+    """``participants.tsv`` indexed by label without ``sub-`` (columns as in the file).
+
+    ``site_column`` names the column that holds each participant's site or scanner (ABIDE's
+    phenotypic files call it ``SITE_ID``); when it is not ``site``, its values are copied into a
+    ``site`` column, which is what the harmonization and the models read.
+    """
     path = Path(bids_dir) / "participants.tsv"
     if not path.is_file():
         raise BIDSError("participants.tsv is missing", Path(bids_dir))
@@ -317,6 +322,8 @@ def read_participants(bids_dir: str | os.PathLike[str]) -> pd.DataFrame:
         raise BIDSError("participants.tsv has no participant_id column", path)
     table.index = [clean_label(p) for p in table.pop("participant_id")]
     table.index.name = "participant"
+    if site_column != "site" and site_column in table:
+        table["site"] = table[site_column].astype(str)
     return table
 
 

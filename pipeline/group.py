@@ -73,7 +73,7 @@ def run_group(
         "left_out": status.index[status.status != "ok"].tolist(),
         "stages": {},
     }
-    participants = read_participants(bids_dir).reindex(usable)
+    participants = read_participants(bids_dir, config.gauge.site_column).reindex(usable)
     if config.gauge.enabled and config.anat.enabled:
         summary["stages"]["harmonization"] = _harmonize(output_dir, usable, participants, config)
         if config.gauge.difference_column:
@@ -193,7 +193,7 @@ def _harmonize(
     if "site" not in participants:
         from pipeline.gauge._run import missing_site_column
 
-        reason = missing_site_column(participants.columns)
+        reason = missing_site_column(participants.columns, config.gauge.site_column)
         logger.warning("harmonization skipped: %s", reason)
         return {"status": "skipped", "reason": reason}
     if participants["site"].nunique() < 2:

@@ -373,12 +373,26 @@ def test_a_missing_site_column_is_named_with_how_to_fix_it(tmp_path):
     result = _harmonize(tmp_path, ["01", "02"], parts, load_config(None))
     assert result["status"] == "skipped"
     assert "no 'site' column" in result["reason"] and "'scanner'" in result["reason"]
-    assert "rename" in result["reason"] and "fewer than two sites" not in result["reason"]
+    assert (
+        "gauge.site_column" in result["reason"] and "fewer than two sites" not in result["reason"]
+    )
     config = load_config(None)
     with pytest.raises(HarmonizationError, match="no 'site' column"):
         run_harmonization(
             pd.DataFrame({"f": [1.0, 2.0]}, index=parts.index), parts, config.gauge, tmp_path, 0
         )
+
+
+def test_site_column_option_names_the_site_column(tmp_path):
+    """``gauge.site_column: SITE_ID`` (ABIDE's name) is read as the site."""
+    from pipeline.bids import read_participants
+
+    (tmp_path / "participants.tsv").write_text(
+        "participant_id\tSITE_ID\tage\nsub-01\tNYU\t20\nsub-02\tUM_1\t30\n"
+    )
+    table = read_participants(tmp_path, site_column="SITE_ID")
+    assert table.loc["02", "site"] == "UM_1" and "SITE_ID" in table
+    assert "site" not in read_participants(tmp_path)
 
 
 # --- seeded fuzz: header bytes, file tails, sidecar texts ---------------------------------------

@@ -41,13 +41,13 @@ def _write_tsv(frame: pd.DataFrame, dest: Path) -> Path:
     return dest
 
 
-def missing_site_column(columns) -> str:
-    """Why harmonization cannot run without a ``site`` column, and how to give it one."""
+def missing_site_column(columns, site_column: str = "site") -> str:
+    """Why harmonization cannot run without a site column, and how to give it one."""
     have = ", ".join(repr(str(c)) for c in columns) or "none"
     return (
-        f"participants.tsv has no 'site' column (its columns: {have}); harmonization needs each "
-        "participant's site or scanner: add a 'site' column, or rename the column that holds it "
-        "(e.g. 'SITE_ID' or 'scanner') to 'site'"
+        f"participants.tsv has no {site_column!r} column (its columns: {have}); harmonization "
+        "needs each participant's site or scanner: add a 'site' column, or name the column that "
+        "holds it with gauge.site_column (e.g. site_column: SITE_ID)"
     )
 
 
@@ -57,7 +57,7 @@ def _check_inputs(
     if not isinstance(features, pd.DataFrame) or not isinstance(participants, pd.DataFrame):
         raise HarmonizationError("features and participants must be pandas DataFrames")
     if "site" not in participants.columns:
-        raise HarmonizationError(missing_site_column(participants.columns))
+        raise HarmonizationError(missing_site_column(participants.columns, options.site_column))
     missing = [str(p) for p in features.index if p not in participants.index]
     if missing:
         raise HarmonizationError(

@@ -13,6 +13,12 @@ class GaugeOptions(StrictOptions):
     """Group gauge stage: intensity normalization and ComBat harmonization across sites."""
 
     enabled: bool = Field(True, description="Run the group gauge stage.")
+    site_column: str = Field(
+        "site",
+        min_length=1,
+        description="Column of participants.tsv that holds each participant's site or scanner "
+        "(e.g. SITE_ID for ABIDE's phenotypic table).",
+    )
     method: str = Field(
         "combat",
         description="Harmonizer (a name registered in pipeline.gauge._registry: 'combat').",
