@@ -357,6 +357,8 @@ def _models(output_dir: Path, fig_dir: Path) -> tuple[dict | None, list[Figure],
             for k, v in (m.get(split) or {}).items():
                 if isinstance(v, int | float):
                     row[f"{split}_{k}"] = v
+        if isinstance(m.get("epsilon"), dict):  # the relaxed model's own measured epsilon
+            row["measured ε"] = m["epsilon"].get("epsilon")
         rows.append(row)
         log = metrics_path.parent / "log.csv"
         frame = read_table(log) if log.exists() else None
