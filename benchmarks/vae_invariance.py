@@ -46,8 +46,9 @@ ENCODERS = {
 
 
 def run(bids: Path, derivatives: Path, encoders: list[str], epochs: int, downsample: int,
-        latent: int, seed: int, work: Path) -> dict[str, dict[str, Any]]:  # fmt: skip
-    """Train one VAE per encoder; return each run's metrics."""
+        latent: int, seed: int, work: Path,
+        json_path: Path | None = None) -> dict[str, dict[str, Any]]:  # fmt: skip
+    """Train one VAE per encoder; return each run's metrics (saved to ``json_path`` after each)."""
     out = {}
     for enc in encoders:
         t0 = time.perf_counter()
@@ -61,6 +62,8 @@ def run(bids: Path, derivatives: Path, encoders: list[str], epochs: int, downsam
         metrics["seconds"] = time.perf_counter() - t0
         out[enc] = metrics
         logger.info("%s: %.0f s", enc, metrics["seconds"])
+        if json_path is not None:
+            json_path.write_text(json.dumps({"runs": out}, indent=1, default=str))
     return out
 
 
@@ -130,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         runs = run(args.bids, args.derivatives, args.encoders, args.epochs, args.downsample,
-                   args.latent, args.seed, Path(tmp))  # fmt: skip
+                   args.latent, args.seed, Path(tmp), args.json)  # fmt: skip
     setup = (
         f"{machine_line()}; torch {torch.__version__}. VAE (latent {args.latent}, β 1, decoder "
         f"widths [4, 8, 16]) trained by `symprep train --model vae` on the demo's "

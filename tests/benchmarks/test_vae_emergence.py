@@ -63,3 +63,26 @@ def test_paired_statistics_and_report(sweep, tmp_path):
     assert "The seed's claim" in text and "`octahedral` − `cnn`" in text
     png = bench.figure(payload, tmp_path / "fig.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_demo_cohort_reads_template_space_outputs_with_their_sites(tmp_path):
+    import nibabel as nib
+
+    from pipeline.models.data import DEFAULT_PATTERN
+
+    bids, deriv = tmp_path / "bids", tmp_path / "out"
+    bids.mkdir()
+    rows = ["participant_id\tsite"]
+    for i in range(4):
+        rows.append(f"sub-{i:02d}\tsite{'AB'[i % 2]}")
+        path = deriv / DEFAULT_PATTERN.format(label=f"{i:02d}")
+        path.parent.mkdir(parents=True)
+        data = np.zeros((12, 14, 10), np.float32)
+        data[2:10, 3:11, 2:8] = float(i + 1)
+        nib.save(nib.Nifti1Image(data, np.eye(4)), path)
+    (bids / "participants.tsv").write_text("\n".join(rows) + "\n")
+    cohort = bench.load_demo_cohort(bids, deriv, downsample=2, seed=0)
+    assert cohort.raw.shape == (4, 1, 9, 9, 9)  # 7 -> centred cube side 9
+    # the shuffle keeps each volume with its own site
+    for v, site in zip(cohort.raw, cohort.sites, strict=True):
+        assert site == f"site{'AB'[(int(v.max()) - 1) % 2]}"
