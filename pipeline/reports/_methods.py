@@ -176,7 +176,8 @@ def group_methods(m: Methods, harmonization: dict[str, Any] | None, models: list
             "combat_mri",
         )
     if models:
-        cites = ["e3nn"] if any(m_ in ("steerable", "relaxed") for m_ in models) else []
+        e3nn = any(k in m_ for k in ("steerable", "relaxed") for m_ in models)
+        cites = ["e3nn"] if e3nn else []
         m.add(f"Models trained: {', '.join(models)}", *cites)
 
 

@@ -336,13 +336,23 @@ def _vae_emergence_figure(group_dir: Path, fig_dir: Path) -> list[Figure]:
     return []
 
 
+def _run_label(run: str, metrics: dict[str, Any]) -> str:
+    """``run`` for the methods text, with its model and VAE encoder when the name does not say them."""
+    model = str(metrics.get("model", run))
+    encoder = metrics.get("encoder")
+    detail = ", ".join(
+        [*([model] if model != run else []), *([f"{encoder} encoder"] if encoder else [])]
+    )
+    return f"{run} ({detail})" if detail else run
+
+
 def _models(output_dir: Path, fig_dir: Path) -> tuple[dict | None, list[Figure], list[str]]:
     mdir = output_dir / "group" / "models"
     rows, logs, names, vae_runs = [], {}, [], []
     for metrics_path in sorted(mdir.glob("*/metrics.json")) if mdir.is_dir() else []:
         m = _read(metrics_path)
         name = metrics_path.parent.name
-        names.append(str(m.get("model", name)))
+        names.append(_run_label(name, m))
         if m.get("model") == "vae" or "invariance" in m:
             vae_runs.append((name, metrics_path.parent, m))
         row = {
