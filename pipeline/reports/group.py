@@ -440,6 +440,38 @@ def _gm_difference(output_dir: Path, fig_dir: Path) -> tuple[dict, Figure | None
     return frame_table(frame, title), figure
 
 
+def _audit_figure(output_dir: Path) -> Figure | None:
+    """The audit summary figure, its caption naming the transforms the audited subjects got."""
+    group_dir = output_dir / "group"
+    png = group_dir / "audit" / "invariance_summary.png"
+    if not png.exists():
+        return None
+    described = []
+    for path in sorted(output_dir.glob("sub-*/audit/*_desc-invariance_residuals.tsv")):
+        table = read_table(path)
+        if table is None or "transform" not in table:
+            continue
+        cols = [c for c in ("transform", "rotation_deg", "translation_mm", "gain", "gamma",
+                            "orientation") if c in table]  # fmt: skip
+        for row in table[cols].drop_duplicates("transform").itertuples(index=False):
+            r = row._asdict()
+            parts = [f"{r['rotation_deg']:.0f}° rotation"] if "rotation_deg" in r else []
+            parts += [f"{r['translation_mm']:.0f} mm shift"] if "translation_mm" in r else []
+            parts += [f"gain {r['gain']:.2f}"] if "gain" in r else []
+            parts += [f"contrast exponent {r['gamma']:.2f}"] if "gamma" in r else []
+            if isinstance(r.get("orientation"), str) and r["orientation"]:
+                parts.append(f"stored {r['orientation']}")
+            subject = path.name.split("_", 1)[0]
+            described.append(f"{subject} {r['transform']}: {', '.join(parts)}")
+    caption = (
+        "Residual of each output against the untransformed run (0: invariant; one dot per "
+        "transform, median marked)"
+        + (f". Transforms: {'; '.join(described)}." if described else ".")
+    )
+    src = os.path.relpath(png, group_dir).replace(os.sep, "/")
+    return Figure("invariance_summary", src, caption, *_png_size(png))
+
+
 def build_group_report(output_dir: Path) -> Path:
     """Write ``OUTPUT_DIR/group/report.html`` and its figures from the outputs that exist.
 
@@ -466,6 +498,7 @@ def build_group_report(output_dir: Path) -> Path:
         qc_figs = [fig] if fig else []
     harm, harm_figs, harm_qc = _harmonization(output_dir, sites, fig_dir)
     models, model_figs, model_names = _models(output_dir, fig_dir)
+    audit_fig = _audit_figure(output_dir)
     summary = (
         _read(group_dir / "group_summary.json")
         if (group_dir / "group_summary.json").exists()
@@ -494,7 +527,7 @@ def build_group_report(output_dir: Path) -> Path:
     return render_page(
         "group.html.j2",
         group_dir / "report.html",
-        qc_figs + harm_figs + model_figs,
+        qc_figs + harm_figs + model_figs + ([audit_fig] if audit_fig else []),
         title="symprep group report",
         subtitle=str(output_dir),
         sections=SECTIONS,
@@ -505,5 +538,6 @@ def build_group_report(output_dir: Path) -> Path:
         harmonization_reason=reason,
         models=models,
         invariance=audit_tables(output_dir),
+        invariance_figure=audit_fig,
         methods=methods,
     )

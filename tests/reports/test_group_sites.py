@@ -52,3 +52,31 @@ def test_site_labels_match_either_spelling_and_flag_the_missing():
     subjects = pd.Index(["sub-01", "02", "03"])
     assert site_labels(subjects, sites).tolist() == ["siteA", "siteB", "unknown"]
     assert site_labels(subjects, None).tolist() == ["all"] * 3
+
+
+def test_invariance_section_shows_the_audit_figure_and_its_transforms(tmp_path):
+    from pipeline.audit import summarize_audits
+    from pipeline.reports import build_group_report
+
+    audit = tmp_path / "sub-01" / "audit"
+    audit.mkdir(parents=True)
+    pd.DataFrame(
+        {
+            "subject": ["sub-01"] * 2,
+            "output": ["T1w", "mask"],
+            "measure": ["rank_correlation", "dice"],
+            "residual": [0.01, 0.02],
+            "transform": ["g01"] * 2,
+            "rotation_deg": [123.4] * 2,
+            "translation_mm": [7.2] * 2,
+            "gain": [1.3] * 2,
+            "gamma": [0.9] * 2,
+            "orientation": ["LPS"] * 2,
+        }
+    ).to_csv(audit / "sub-01_desc-invariance_residuals.tsv", sep="\t", index=False)
+    summarize_audits(tmp_path)
+    html = build_group_report(tmp_path).read_text()
+    section = html.split('id="invariance"')[1].split("</section>")[0]
+    assert 'src="audit/invariance_summary.png"' in section
+    assert "sub-01 g01: 123° rotation, 7 mm shift, gain 1.30" in section
+    assert "invariance_summary.tsv" in section
