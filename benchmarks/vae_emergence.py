@@ -606,8 +606,8 @@ def report(payload: dict, wall: float | None = None) -> str:
         "movement of μ on the test subjects ÷ RMS distance between different subjects' μ "
         f"(spread): rotations by {scale.angle_deg:g}° about {scale.n_transforms} random axes, "
         f"translations by {scale.shift_vox:g} voxel ({scale.n_transforms} random directions), "
-        "cubic B-splines, floor = rotate and rotate back; gauges on the raw image before "
-        "z-scoring. Lie: RMS Lie derivative of μ along the rotation generators (forward mode), "
+        "cubic B-splines, floor = rotate and rotate back; gauges on the raw image before the "
+        "normalisation. Lie: RMS Lie derivative of μ along the rotation generators (forward mode), "
         "spread units per radian. Recon: MSE per voxel (normalised units, z = μ). Site BA: "
         f"5-fold balanced accuracy of site from μ (chance {1 / scale.sites:.2f}). Cells: mean "
         "[95% t CI] over seeds.",
@@ -746,7 +746,7 @@ def figure(payload: dict, path: Path) -> Path:
         for k, (x, y) in mean.items():
             if k[0] == enc:
                 ax.plot(x, y, marker, color="crimson", ms=8, label=f"{enc}, d = {k[1]}")
-    ax.set_xlabel("reconstruction MSE per voxel (test, z-scored units)")
+    ax.set_xlabel("reconstruction MSE per voxel (test, normalised units)")
     ax.set_ylabel(f"Δμ under {payload['scale']['angle_deg']:g}° rotations (÷ μ spread)")
     ax.set_yscale("log")
     ax.set_title("VAE latent invariance vs reconstruction", fontsize=10)
