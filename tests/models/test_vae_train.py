@@ -254,3 +254,16 @@ def test_ssim3d_matches_scikit_image_and_is_one_on_identity():
     assert ssim3d(a[:5, :5, :5], b[:5, :5, :5]) < 1  # smaller window on small volumes
     with pytest.raises(ValueError, match="3-D volumes of one shape"):
         ssim3d(a, b[:-1])
+
+
+def test_group_report_shows_the_emergence_figure_only_when_it_exists(tmp_path, monkeypatch):
+    from pipeline.reports import group
+
+    monkeypatch.setattr(group, "_EMERGENCE", ("benchmarks/none/missing.png",))
+    assert group._vae_emergence_figure(tmp_path / "group", tmp_path / "group" / "figures") == []
+    png = tmp_path / "group" / "benchmarks" / "none" / "missing.png"
+    png.parent.mkdir(parents=True)
+    png.write_bytes(PNG + b"\0\0\0\rIHDR" + (64).to_bytes(4, "big") + (48).to_bytes(4, "big"))
+    (fig,) = group._vae_emergence_figure(tmp_path / "group", tmp_path / "group" / "figures")
+    assert fig.src == "figures/missing.png" and (fig.width, fig.height) == (64, 48)
+    assert (tmp_path / "group" / "figures" / "missing.png").exists()
