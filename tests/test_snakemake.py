@@ -211,12 +211,3 @@ def test_group_dag_trains_the_model_runs_and_audits_when_enabled(tiny_bids, tmp_
     # the group job is the last: its inputs include the models and the audit
     group_job = text.split("rule group:")[1].split("\n\n")[0]
     assert "metrics.json" in group_job and "invariance_residuals.tsv" in group_job, group_job
-
-
-def test_group_audit_of_an_unknown_subject_is_refused(tiny_bids, tmp_path):
-    config = _config(tmp_path, tiny_bids, "audit:\n  enabled: true\n  participant_label: ['99']\n")
-    proc = _snakemake("-n", "--configfile", str(config), "--directory", str(tmp_path))
-    assert proc.returncode != 0
-    assert "audit.participant_label names subjects that are not processed: 99" in (
-        proc.stdout + proc.stderr
-    )
