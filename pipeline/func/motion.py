@@ -212,8 +212,9 @@ def register_rigid(
             jac = np.column_stack([g, np.cross(arm, g), value])
             resid = (1.0 + gain) * value - target
             w = inside.astype(np.float64)
-            jtj = (jac * w[:, None]).T @ jac
-            jtr = (jac * w[:, None]).T @ resid
+            # sums over voxels by einsum, not BLAS: the same bits whatever the thread count
+            jtj = np.einsum("ni,nj->ij", jac * w[:, None], jac)
+            jtr = np.einsum("ni,n->i", jac * w[:, None], resid)
             try:
                 step = -np.linalg.solve(jtj + 1e-9 * np.trace(jtj) * np.eye(7), jtr)
             except np.linalg.LinAlgError:  # pragma: no cover - degenerate data
