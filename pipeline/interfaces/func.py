@@ -7,6 +7,7 @@ directory. Only the sinks of :mod:`pipeline.interfaces.bids` write into the outp
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import nibabel as nib
@@ -272,7 +273,10 @@ class Coregister(SimpleInterface):
             nib.load(self.inputs.t1w_mask),
         )
         kwargs = {"iterations": list(self.inputs.iterations), "seed": self.inputs.seed}
-        if self.inputs.itk_threads > 0:  # bit-identical for a given seed, whatever else runs
+        pinned = os.environ.get("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS")
+        if self.inputs.itk_threads > 0 and pinned != str(self.inputs.itk_threads):
+            # this process's ITK may run another thread count: a child pinned to the count
+            # gives the same bits for a given seed, whatever else runs
             result = call_with_itk_threads(
                 self.inputs.itk_threads, "pipeline.func.coreg:coregister", *args, **kwargs
             )

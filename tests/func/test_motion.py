@@ -57,7 +57,7 @@ def test_motion_regimes_on_a_warped_brain(regime):
     from pipeline.data.demo import DUMMY_SCANS, synthetic_bold_run
     from pipeline.func.motion_eval import motion_accuracy
 
-    img, truth = synthetic_bold_run(5, regime=regime, bold_resolution=4.0, n_volumes=26)
+    img, truth = synthetic_bold_run(5, regime=regime, bold_resolution=5.0, n_volumes=20)
     data = np.asarray(img.dataobj, dtype=np.float32)[..., DUMMY_SCANS:]
     est = estimate_motion(data, img.affine)
     score = motion_accuracy(truth[DUMMY_SCANS:], est.matrices, est.centre)
