@@ -15,6 +15,7 @@ Usage inside symprep: ``call_with_itk_threads(1, "pipeline.func.coreg:coregister
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import pickle
 import subprocess
@@ -23,9 +24,15 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+logger = logging.getLogger(__name__)
 
-def call_with_itk_threads(threads: int, target: str, *args: Any, **kwargs: Any) -> Any:
+
+def call_with_itk_threads(
+    threads: int, target: str, *args: Any, forward: str | None = None, **kwargs: Any
+) -> Any:
     """Call ``target`` (``"module:function"``) in a child process with ``threads`` ITK threads.
+
+    ``forward``: the child's log lines that contain this text are logged here (INFO).
 
     Raises
     ------
@@ -52,6 +59,7 @@ def call_with_itk_threads(threads: int, target: str, *args: Any, **kwargs: Any) 
 
 
 def _main(job: str, result: str) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(name)s %(message)s")
     target, args, kwargs = pickle.loads(Path(job).read_bytes())
     module, name = target.split(":")
     value = getattr(importlib.import_module(module), name)(*args, **kwargs)

@@ -213,37 +213,14 @@ def register_to_template(
 
 
 def _in_child(threads: int, *args, **kwargs) -> RegistrationResult:
-    """Run :func:`_register` in a fresh interpreter (``python -m pipeline.anat.registration``).
+    """Run :func:`_register` in a fresh interpreter with ``threads`` ITK threads
+    (:func:`pipeline._itk_child.call_with_itk_threads`), its stage lines logged here."""
+    from pipeline._itk_child import call_with_itk_threads
 
-    A subprocess rather than multiprocessing: it works the same under Nipype's MultiProc workers
-    and from scripts without a ``__main__`` guard. Arguments and result travel as pickles.
-    """
-    import pickle
-    import subprocess
-    import sys
-
-    env = dict(os.environ, ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS=str(int(threads)))
-    out = Path(args[3])
-    out.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out) as tmp:
-        job, res = Path(tmp) / "job.pkl", Path(tmp) / "result.pkl"
-        job.write_bytes(pickle.dumps((args, kwargs)))
-        proc = subprocess.run(
-            [sys.executable, "-m", "pipeline.anat.registration", str(job), str(res)],
-            env=env,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if proc.returncode != 0 or not res.exists():
-            tail = " | ".join(proc.stderr.strip().splitlines()[-3:])
-            raise RuntimeError(
-                f"registration child process failed (exit {proc.returncode}): {tail}"
-            )
-        for line in proc.stderr.splitlines():
-            if "stage" in line:
-                logger.info("%s", line.strip())
-        return pickle.loads(res.read_bytes())
+    Path(args[3]).mkdir(parents=True, exist_ok=True)
+    return call_with_itk_threads(
+        threads, "pipeline.anat.registration:_register", *args, forward="stage", **kwargs
+    )
 
 
 def _register(
@@ -398,22 +375,3 @@ def _register(
         )
     finally:
         shutil.rmtree(work, ignore_errors=True)
-
-
-def _child_main(argv: list[str]) -> None:
-    import pickle
-
-    logging.basicConfig(level=logging.INFO, format="%(name)s %(message)s")
-    job, res = Path(argv[0]), Path(argv[1])
-    # run through the importable module (not __main__) so that the result unpickles in the parent
-    from pipeline.anat import registration
-
-    args, kwargs = pickle.loads(job.read_bytes())
-    result = registration._register(*args, **kwargs)
-    res.write_bytes(pickle.dumps(result))
-
-
-if __name__ == "__main__":
-    import sys
-
-    _child_main(sys.argv[1:])
