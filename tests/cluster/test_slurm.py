@@ -153,11 +153,20 @@ def test_train_rule_gets_a_gpu_through_slurm(demo, tmp_path):
     submitted = re.findall(
         r"Job \d+ has been submitted with SLURM jobid (\d+) \(log: (\S+)\)", run.stderr
     )
-    assert len(submitted) == 1 and "/rule_train/" in submitted[0][1], submitted
-    job_id = submitted[0][0]
-    # the request reached sbatch as the plugin's own option, not through slurm_extra
+    # the train job, then the group job again (its report shows the models it waits for)
+    train_jobs = [job for job, log in submitted if "/rule_train/" in log]
+    assert len(train_jobs) == 1, submitted
+    assert [log for _, log in submitted if "/rule_train/" not in log] == [
+        log for _, log in submitted if "/rule_group/" in log
+    ], submitted
+    job_id = train_jobs[0]
+    # the request reached sbatch as the plugin's own option, not through slurm_extra; the group
+    # job asked for no GPU
     calls = re.findall(r"sbatch call: (sbatch .*)", run.stderr)
-    assert len(calls) == 1 and "--gpus=1" in calls[0].split() and "--gres" not in calls[0], calls
+    train_calls = [c for c in calls if "rule_train" in c]
+    assert len(train_calls) == 1, calls
+    assert "--gpus=1" in train_calls[0].split() and "--gres" not in train_calls[0], calls
+    assert all("--gpus" not in c for c in calls if c not in train_calls), calls
     # ... and SLURM accepted it: the job asked for a GPU, got the node's GPU and completed
     job = _scontrol_job(job_id)
     assert job["JobState"] == "COMPLETED" and job["Partition"] == "gpu", job
