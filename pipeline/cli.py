@@ -153,7 +153,8 @@ def build_bids_app_parser() -> argparse.ArgumentParser:
         nargs="+",
         default=None,
         metavar="SPACE",
-        help="template spaces of the outputs, NAME[:res-N] (MNI152NLin2009aSym, res-1 or res-2)",
+        help="template space of the outputs, NAME[:res-N]: MNI152NLin2009aSym (shipped, res-1 or "
+        "res-2) or a template in TemplateFlow's cache ($TEMPLATEFLOW_HOME; never downloaded)",
     )
     workflow.add_argument(
         "--random-seed",

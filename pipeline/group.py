@@ -108,18 +108,17 @@ def _gm_difference(
 ) -> dict:
     """Voxel-wise GM difference map of ``gauge.difference_column`` before and after voxel-wise
     ComBat, with the recovery of the planted effect when the dataset records one (the demo)."""
-    from pipeline.data.templates import load_template
     from pipeline.group_effects import group_difference, recovery
-    from pipeline.group_features import gm_maps
+    from pipeline.group_features import gm_maps, maps_template
     from pipeline.io import save_image
 
     column = config.gauge.difference_column
     if column not in participants:
         return {"status": "skipped", "reason": f"participants.tsv has no {column!r} column"}
     res = config.anat.resolution
-    mask = load_template(res).mask
     harmonized_dir = output_dir / "group" / "harmonization" / "gm_voxelwise"
     sets = {"raw": gm_maps(output_dir, subjects, res)}
+    mask = maps_template(sets["raw"], res).mask
     harmonized = {
         s: p
         for s in subjects
@@ -234,21 +233,19 @@ def _harmonize_voxelwise(
 ) -> dict:
     """Voxel-wise ComBat of the template-space GM maps (``kind="gm"``) or T1w (``"t1w"``)."""
     from pipeline.dask_cluster import dask_client
-    from pipeline.data.templates import load_template
     from pipeline.gauge._voxelwise import run_voxelwise_harmonization, t1w_normalizer
-    from pipeline.group_features import gm_maps, t1w_maps
-    from pipeline.outputs import TEMPLATE
+    from pipeline.group_features import gm_maps, maps_space, maps_template, t1w_maps
 
     res = config.anat.resolution
-    mask = load_template(res).mask
     maps = (gm_maps if kind == "gm" else t1w_maps)(output_dir, subjects, res)
+    mask = maps_template(maps, res).mask
     if not maps or participants.loc[list(maps), "site"].nunique() < 2:
         return {
             "status": "skipped",
             "reason": f"no template-space {kind.upper()} maps from two sites",
         }
     parts = participants.loc[list(maps)]
-    normalize, entities, suffix = None, f"space-{TEMPLATE}_res-{res}", "T1w"
+    normalize, entities, suffix = None, f"space-{maps_space(maps)}_res-{res}", "T1w"
     if kind == "gm":
         entities, suffix = f"{entities}_label-GM", "probseg"
     else:

@@ -20,6 +20,7 @@ from pipeline.outputs import (
     find_output,
     find_outputs,
     res_label,
+    space_of,
 )
 
 logger = logging.getLogger(__name__)
@@ -28,12 +29,40 @@ logger = logging.getLogger(__name__)
 def _maps(output_dir: Path, subjects: list[str], key: str, resolution: int) -> dict[str, Path]:
     maps = {}
     for sub in subjects:
-        path = find_output(
-            ANAT_OUTPUTS[key], output_dir, sub, space=TEMPLATE, res=res_label(resolution)
-        )
+        path = find_output(ANAT_OUTPUTS[key], output_dir, sub, res=res_label(resolution))
         if path is not None:
             maps[sub] = path
+    maps_space(maps)  # one template for all
     return maps
+
+
+def maps_space(maps: dict[str, Path]) -> str:
+    """The template the participant stage registered ``maps`` to (their ``space`` entity).
+
+    The participant outputs, not the group run's configuration, say which template they are in;
+    the shipped template when there are none.
+
+    Raises
+    ------
+    pipeline.errors.SymprepError
+        The maps are in more than one template.
+    """
+    from pipeline.errors import SymprepError
+
+    spaces = sorted({space_of(p) for p in maps.values()})
+    if len(spaces) > 1:
+        raise SymprepError(
+            f"the participant outputs are in several templates ({', '.join(spaces)}); "
+            "rerun the participant stage with one --output-spaces for every subject"
+        )
+    return spaces[0] if spaces else TEMPLATE
+
+
+def maps_template(maps: dict[str, Path], resolution: int):
+    """The :class:`pipeline.data.templates.Template` that ``maps`` are on (see :func:`maps_space`)."""
+    from pipeline.data.templates import load_template
+
+    return load_template(resolution, maps_space(maps))
 
 
 def gm_maps(output_dir: Path, subjects: list[str], resolution: int) -> dict[str, Path]:
@@ -57,10 +86,9 @@ def gm_features(
     """
     import nibabel as nib
 
-    from pipeline.data.templates import load_template
-
+    maps = gm_maps(output_dir, subjects, resolution)
     factor = max(1, int(round(block_mm / resolution)))
-    mask = load_template(resolution).mask.get_fdata() > 0
+    mask = maps_template(maps, resolution).mask.get_fdata() > 0
 
     def blocks(volume: np.ndarray) -> np.ndarray:
         shape = [n - n % factor for n in volume.shape[:3]]
@@ -74,7 +102,7 @@ def gm_features(
     names = [f"gm_block_{i}_{j}_{k}" for i, j, k in zip(*np.nonzero(inside), strict=True)]
     rows = {
         sub: blocks(np.asarray(nib.load(path).dataobj, dtype=np.float32))[inside]
-        for sub, path in gm_maps(output_dir, subjects, resolution).items()
+        for sub, path in maps.items()
     }
     if not rows:
         return pd.DataFrame()

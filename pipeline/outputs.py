@@ -28,8 +28,11 @@ from pathlib import Path
 from pipeline.bids_names import bids_name, clean_label, parse_name
 from pipeline.data.templates import TEMPLATE_NAME
 
-#: the template every ``space-`` output is in (the one template symprep ships offline)
+#: the default template of ``space-`` outputs (the one symprep ships offline); a run's own is
+#: ``anat.template`` (``--output-spaces``), filled in wherever a declaration says :data:`SPACE`
 TEMPLATE = TEMPLATE_NAME
+#: stands for the run's template in declared entities (``space``, ``from``/``to`` of transforms)
+SPACE = "<space>"
 #: entities of a raw file that its derivatives keep
 SOURCE_ENTITIES = ("sub", "ses", "task", "acq", "ce", "rec", "dir", "run", "echo")
 #: entities of the T1w kept by the (subject-level) anatomical derivatives
@@ -152,7 +155,7 @@ ANAT_OUTPUTS: dict[str, OutputSpec] = {
             f"{_XFM_NOTE} mapping template points to T1w points; use with "
             "ants.apply_transforms(fixed=template, moving=T1w-space image).",
             extension=".h5",
-            entities={"from": "T1w", "to": TEMPLATE, "mode": "image"},
+            entities={"from": "T1w", "to": SPACE, "mode": "image"},
         ),
         _spec(
             "std2anat_xfm",
@@ -161,7 +164,7 @@ ANAT_OUTPUTS: dict[str, OutputSpec] = {
             f"{_XFM_NOTE} mapping T1w points to template points; use with "
             "ants.apply_transforms(fixed=T1w, moving=template-space image).",
             extension=".h5",
-            entities={"from": TEMPLATE, "to": "T1w", "mode": "image"},
+            entities={"from": SPACE, "to": "T1w", "mode": "image"},
         ),
         _spec(
             "qc_tsv",
@@ -291,7 +294,7 @@ ROI_OUTPUTS: dict[str, OutputSpec] = {
             "timeseries",
             "Denoised ROI time series (atlas and denoising strategy in the entities).",
             extension=".tsv",
-            entities={"space": TEMPLATE},
+            entities={"space": SPACE},
             variable=("atlas", "desc"),
         ),
         _spec(
@@ -300,7 +303,7 @@ ROI_OUTPUTS: dict[str, OutputSpec] = {
             "relmat",
             "Connectivity matrix of the denoised ROI series.",
             extension=".tsv",
-            entities={"space": TEMPLATE},
+            entities={"space": SPACE},
             variable=("atlas", "meas", "desc"),
         ),
         _spec(
@@ -310,7 +313,7 @@ ROI_OUTPUTS: dict[str, OutputSpec] = {
             "Amplitude spectra of the motion/CompCor-cleaned, unfiltered ROI series "
             "(exactly invariant to circular time shifts).",
             extension=".tsv",
-            entities={"space": TEMPLATE, "desc": "amplitude"},
+            entities={"space": SPACE, "desc": "amplitude"},
             variable=("atlas",),
         ),
         _spec(
@@ -319,7 +322,7 @@ ROI_OUTPUTS: dict[str, OutputSpec] = {
             "features",
             "ALFF and fALFF per ROI.",
             extension=".tsv",
-            entities={"space": TEMPLATE, "desc": "alff"},
+            entities={"space": SPACE, "desc": "alff"},
             variable=("atlas",),
         ),
     )
@@ -330,6 +333,37 @@ STAGE_OUTPUTS: dict[str, dict[str, OutputSpec]] = {
     "anat": ANAT_OUTPUTS,
     "func": {**FUNC_OUTPUTS, **{f"roi.{k}": v for k, v in ROI_OUTPUTS.items()}},
 }
+
+
+def spatial_reference(space: str, voxel_mm: float) -> str:
+    """The sidecar's ``SpatialReference`` of a template-space output: the template and its origin.
+
+    >>> spatial_reference("MNI152NLin2009aSym", 3.0)
+    'MNI152NLin2009aSym (nilearn), 3 mm'
+    """
+    origin = "nilearn" if space == TEMPLATE else "TemplateFlow"
+    return f"{space} ({origin}), {voxel_mm:g} mm"
+
+
+def space_of(path: str | os.PathLike[str], default: str | None = None) -> str:
+    """The template a derivative is in: its ``space`` entity (or a transform's ``to``).
+
+    ``default`` is returned for a name without one (a work-directory file); without a default
+    that is a ValueError.
+
+    >>> space_of("sub-01_space-MNI152NLin6Asym_res-2_desc-brain_mask.nii.gz")
+    'MNI152NLin6Asym'
+    >>> space_of("std_mask.nii.gz", default=TEMPLATE)
+    'MNI152NLin2009aSym'
+    """
+    try:
+        entities, _, _ = parse_name(Path(path).name)
+    except ValueError:
+        entities = {}
+    space = entities.get("space") or entities.get("to") or default
+    if not space:
+        raise ValueError(f"{Path(path).name} has no space entity")
+    return space
 
 
 def res_label(resolution: float) -> str:
@@ -376,8 +410,10 @@ def output_path(
         Root of the derivatives dataset.
     source : mapping
         Entities of the source (``sub`` required; from :func:`source_entities`).
-    space, res : optional
-        Template and resolution label of ``std`` outputs.
+    space : str, default TEMPLATE
+        Template of ``std`` outputs and of declared :data:`SPACE` entities.
+    res : optional
+        Resolution label of ``std`` outputs.
     extension : str, optional
         Overrides the declared one (never needed by the stages).
     **values
@@ -397,7 +433,7 @@ def output_path(
         entities["space"] = space
         if res is not None:
             entities["res"] = res if isinstance(res, str) else res_label(float(res))
-    entities.update(spec.entities)
+    entities.update({k: space if v == SPACE else v for k, v in spec.entities.items()})
     entities.update(values)
     folder = Path(output_dir) / f"sub-{sub}"
     if "ses" in entities:
@@ -420,7 +456,10 @@ def matches(spec: OutputSpec, path: str | os.PathLike[str], **filters: str | Non
         return False
     if suffix != spec.suffix or ext != spec.extension:
         return False
-    if any(entities.get(k) != v for k, v in spec.entities.items()):
+    if any(
+        (k not in entities) if v == SPACE else entities.get(k) != v
+        for k, v in spec.entities.items()
+    ):
         return False
     if (spec.std or "space" in spec.entities) != ("space" in entities):
         return False

@@ -469,26 +469,43 @@ def test_boilerplate_only_writes_the_methods_and_runs_nothing(tiny_bids, tmp_pat
 def test_output_spaces_set_the_grid_or_say_what_is_missing(
     tiny_bids, tmp_path, monkeypatch, capsys
 ):
+    """The shipped template at either resolution; a TemplateFlow template when the cache holds
+    every file it needs (registration to it: tests/workflows/test_sessions_runs.py); one line
+    naming the missing template or file otherwise."""
+    import _templateflow
+
     import pipeline.workflows.participant as participant
 
     seen = {}
-    monkeypatch.setattr(
-        participant, "run_participants", lambda *a: seen.setdefault("config", a[4]) and []
-    )
+    monkeypatch.setattr(participant, "run_participants", lambda *a: seen.update(config=a[4]) or [])
     base = [str(tiny_bids), str(tmp_path / "out"), "participant", "--skip-bids-validation"]
     assert main([*base, "--output-spaces", "MNI152NLin2009aSym:res-1"]) == 0
     assert seen["config"].anat.resolution == 1
+    assert seen["config"].anat.template == "MNI152NLin2009aSym"
     capsys.readouterr()
-    monkeypatch.setenv("TEMPLATEFLOW_HOME", str(tmp_path / "tf"))
+    home = tmp_path / "tf"
+    monkeypatch.setenv("TEMPLATEFLOW_HOME", str(home))
     assert main([*base, "--output-spaces", "MNI152NLin6Asym:res-2"]) == 2
     line = _error_line(capsys)
-    assert "template 'MNI152NLin6Asym' is not available offline" in line
-    assert str(tmp_path / "tf") in line
-    (tmp_path / "tf" / "tpl-MNI152NLin6Asym").mkdir(parents=True)
+    assert "template 'MNI152NLin6Asym' is neither shipped" in line and str(home) in line
+    (home / "tpl-MNI152NLin6Asym").mkdir(parents=True)
     assert main([*base, "--output-spaces", "MNI152NLin6Asym"]) == 2
-    assert "holds tpl-MNI152NLin6Asym" in _error_line(capsys)
+    line = _error_line(capsys)
+    assert "lacks tpl-MNI152NLin6Asym_res-02_T1w.nii.gz" in line, line
     assert main([*base, "--output-spaces", "MNI152NLin2009aSym:res-3"]) == 2
     assert "res-3" in _error_line(capsys)
+    # a cached template with its files: accepted, and the run registers to it
+    _templateflow.cached_template(home)
+    assert main([*base, "--output-spaces", f"{_templateflow.NAME}:res-2"]) == 0
+    assert seen["config"].anat.template == _templateflow.NAME
+    assert seen["config"].anat.resolution == 2
+    capsys.readouterr()
+    assert main([*base, "--output-spaces", f"{_templateflow.NAME}:res-1"]) == 2
+    assert "lacks" in _error_line(capsys)
+    # one template per run
+    args = ["--output-spaces", "MNI152NLin2009aSym", f"{_templateflow.NAME}:res-2"]
+    assert main([*base, *args]) == 2
+    assert "one template and resolution per run" in _error_line(capsys)
 
 
 def test_mem_sets_the_local_dask_workers_limits():

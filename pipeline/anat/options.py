@@ -4,22 +4,26 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from pipeline._options import StrictOptions
-from pipeline.data.templates import TEMPLATE_NAME
+from pipeline.data.templates import TEMPLATE_NAME, check_template
 
 
 class AnatOptions(StrictOptions):
     """Anatomical stage: pose-robust registration of the T1w to MNI152NLin2009aSym."""
 
     enabled: bool = Field(True, description="Run the anatomical stage.")
-    template: Literal[TEMPLATE_NAME] = Field(  # type: ignore[valid-type]
+    template: str = Field(
         TEMPLATE_NAME,
-        description="Target template (the MNI152 2009a symmetric template nilearn ships).",
+        pattern=r"^[A-Za-z0-9]+$",
+        description="Target template: the MNI152 2009a symmetric template nilearn ships, or any "
+        "template TemplateFlow's cache ($TEMPLATEFLOW_HOME) holds (never downloaded).",
     )
     resolution: Literal[1, 2] = Field(
-        2, description="Template resolution in mm for outputs in template space."
+        2,
+        description="Template resolution (TemplateFlow's res- index; 1 and 2 mm for the shipped "
+        "template) of the outputs in template space.",
     )
     registration_voxel_mm: float | None = Field(
         None,
@@ -134,3 +138,9 @@ class AnatOptions(StrictOptions):
     exclude_failed_qc: bool = Field(
         True, description="Leave subjects that fail registration QC out of the group stages."
     )
+
+    @model_validator(mode="after")
+    def _template_is_available(self) -> AnatOptions:
+        """A template that cannot be loaded offline is refused with the file it lacks."""
+        check_template(self.template, self.resolution)
+        return self

@@ -176,10 +176,13 @@ def run(args: argparse.Namespace) -> int:
         skip_bids_validation=args.skip_bids_validation,
     )
     if getattr(args, "output_spaces", None):
+        from pipeline.anat.options import AnatOptions
         from pipeline.spaces import parse_output_spaces
 
-        spaces = parse_output_spaces(args.output_spaces, config.anat.resolution)
-        config.anat.resolution = spaces[0].resolution
+        space = parse_output_spaces(args.output_spaces, config.anat.resolution)[0]
+        config.anat = AnatOptions.model_validate(
+            {**config.anat.model_dump(), "template": space.name, "resolution": space.resolution}
+        )
     bids_dir = Path(config.bids_dir)
     output_dir = Path(config.output_dir)
     if output_dir.resolve() == bids_dir.resolve():

@@ -29,15 +29,21 @@ from tqdm.auto import tqdm
 logger = logging.getLogger(__name__)
 
 
-def template_grid(resolution: float, template_resolution: int = 2) -> nib.Nifti1Image:
-    """An empty image on a ``resolution``-mm grid covering the MNI152NLin2009aSym field of view.
+def template_grid(
+    resolution: float,
+    template_resolution: int = 2,
+    reference: nib.spatialimages.SpatialImage | None = None,
+) -> nib.Nifti1Image:
+    """An empty image on a ``resolution``-mm grid covering a template's field of view.
 
+    The template is ``reference`` (any image on its grid, e.g. the anatomical stage's
+    template-space brain mask) or, by default, MNI152NLin2009aSym at ``template_resolution``.
     The grid starts at the template's first voxel centre; its voxel axes are the template's (RAS).
     Integer multiples of the template voxel size keep voxel centres on the template lattice.
     """
     from pipeline.data.templates import load_template
 
-    tpl = load_template(template_resolution).t1w
+    tpl = reference if reference is not None else load_template(template_resolution).t1w
     zooms = np.asarray(tpl.header.get_zooms()[:3], dtype=float)
     extent = (np.asarray(tpl.shape[:3]) - 1) * zooms
     shape = tuple(int(n) for n in np.floor(extent / resolution + 1e-6).astype(int) + 1)

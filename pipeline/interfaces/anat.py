@@ -30,7 +30,10 @@ def _out(runtime, name: str) -> Path:
 
 # --------------------------------------------------------------------------- template
 class _TemplateFilesInputSpec(BaseInterfaceInputSpec):
-    resolution = traits.Enum(2, 1, usedefault=True, desc="template resolution (mm)")
+    resolution = traits.Enum(2, 1, usedefault=True, desc="template resolution (res- index)")
+    template = traits.Str(
+        "MNI152NLin2009aSym", usedefault=True, desc="template name (shipped or TemplateFlow-cached)"
+    )
 
 
 class _TemplateFilesOutputSpec(TraitedSpec):
@@ -42,7 +45,7 @@ class _TemplateFilesOutputSpec(TraitedSpec):
 
 
 class TemplateFiles(SimpleInterface):
-    """Write MNI152NLin2009aSym (T1w, brain mask, GM/WM/CSF) at one resolution to files."""
+    """Write the template (T1w, brain mask, GM/WM/CSF) at one resolution to files."""
 
     input_spec = _TemplateFilesInputSpec
     output_spec = _TemplateFilesOutputSpec
@@ -50,7 +53,7 @@ class TemplateFiles(SimpleInterface):
     def _run_interface(self, runtime):
         from pipeline.data.templates import load_template
 
-        tpl = load_template(int(self.inputs.resolution))
+        tpl = load_template(int(self.inputs.resolution), self.inputs.template)
         for key in ("t1w", "mask", "gm", "wm", "csf"):
             path = _out(runtime, f"tpl-{tpl.name}_res-{tpl.resolution}_{key}.nii.gz")
             self._results[key] = str(save_image(getattr(tpl, key), path))

@@ -32,6 +32,7 @@ class _SinkInputSpec(BaseInterfaceInputSpec):
     source = traits.Dict(mandatory=True, desc="BIDS entities of the source file (sub, ses, run …)")
     values = traits.Dict(desc="the output's variable entities (atlas, meas, desc)")
     res = traits.Either(traits.Int, traits.Float, traits.Str, desc="res label of std outputs")
+    space = traits.Str(desc="template of std outputs (default: the shipped one)")
     in_file = File(exists=True, mandatory=True)
     meta_dict = traits.Dict(desc="JSON sidecar content (none is written for .json outputs)")
     meta_file = File(exists=True, desc="JSON whose content is merged into the sidecar")
@@ -51,16 +52,19 @@ def sink_file(
     in_file: str,
     values: dict | None = None,
     res=None,
+    space: str | None = None,
     meta: dict | None = None,
 ) -> tuple[Path, Path | None]:
     """Write ``in_file`` as the declared output ``stage.output`` of ``source``, with its sidecar.
 
     Returns the destination and the sidecar (None for ``.json`` outputs).
     """
-    from pipeline.outputs import STAGE_OUTPUTS, output_path
+    from pipeline.outputs import STAGE_OUTPUTS, TEMPLATE, output_path
 
     spec = STAGE_OUTPUTS[stage][output]
-    dest = output_path(spec, base_directory, source, res=res, **(values or {}))
+    dest = output_path(
+        spec, base_directory, source, res=res, space=space or TEMPLATE, **(values or {})
+    )
     if in_file.endswith(".nii") and spec.extension == ".nii.gz":
         save_image(nib.load(in_file), dest)
     else:
@@ -92,6 +96,7 @@ class DerivativesDataSink(SimpleInterface):
             in_file=self.inputs.in_file,
             values=dict(self.inputs.values) if isdefined(self.inputs.values) else None,
             res=self.inputs.res if isdefined(self.inputs.res) else None,
+            space=self.inputs.space if isdefined(self.inputs.space) else None,
             meta=meta,
         )
         self._results["out_file"] = str(dest)
@@ -106,6 +111,7 @@ class _SinkManyInputSpec(BaseInterfaceInputSpec):
     source = traits.Dict(mandatory=True, desc="BIDS entities of the source file")
     in_files = traits.List(File(exists=True), mandatory=True)
     outputs = traits.List(traits.Dict, mandatory=True, desc="{'output': key, **values} per file")
+    space = traits.Str(desc="template of the outputs' space entities (default: the shipped one)")
     meta_dict = traits.Dict(desc="JSON sidecar content (the same for every file)")
 
 
@@ -141,6 +147,7 @@ class DerivativesDataSinkMany(SimpleInterface):
                 source=dict(self.inputs.source),
                 in_file=in_file,
                 values=values,
+                space=self.inputs.space if isdefined(self.inputs.space) else None,
                 meta=meta,
             )
             out.append(str(dest))

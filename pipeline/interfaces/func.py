@@ -317,8 +317,9 @@ class OneShotResample(SimpleInterface):
         from pipeline.func.motion import foreground
         from pipeline.func.resample import one_shot_resample, resample_to_grid, template_grid
 
-        grid = template_grid(self.inputs.resolution)
-        brain = resample_to_grid(nib.load(self.inputs.std_mask), grid).get_fdata() > 0.5
+        std_mask = nib.load(self.inputs.std_mask)  # on the run's template grid
+        grid = template_grid(self.inputs.resolution, reference=std_mask)
+        brain = resample_to_grid(std_mask, grid).get_fdata() > 0.5
         select = ndimage.binary_dilation(brain, iterations=2)
         bold = nib.load(self.inputs.in_file)
         img, coverage = one_shot_resample(

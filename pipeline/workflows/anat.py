@@ -30,7 +30,7 @@ from pipeline.interfaces.anat import (
 )
 from pipeline.interfaces.bids import DerivativesDataSink
 from pipeline.io import check_image, read_json
-from pipeline.outputs import ANAT_OUTPUTS, TEMPLATE, anat_source, output_path
+from pipeline.outputs import ANAT_OUTPUTS, anat_source, output_path, spatial_reference
 from pipeline.workflows._execute import run_workflow
 
 logger = logging.getLogger(__name__)
@@ -125,7 +125,9 @@ def init_anat_wf(
     inputnode = pe.Node(niu.IdentityInterface(fields=["t1w"]), name="inputnode")
     outputnode = pe.Node(niu.IdentityInterface(fields=_OUTPUT_FIELDS), name="outputnode")
 
-    template = pe.Node(TemplateFiles(resolution=options.resolution), name="template")
+    template = pe.Node(
+        TemplateFiles(resolution=options.resolution, template=options.template), name="template"
+    )
     validate = pe.Node(ValidateT1w(), name="validate")
     n4 = pe.Node(
         N4BiasCorrect(enabled=options.n4, shrink_factor=options.n4_shrink_factor), name="n4"
@@ -244,7 +246,9 @@ def expected_paths(
     if isinstance(source, str):
         source = {"sub": clean_label(source)}
     return {
-        key: output_path(ANAT_OUTPUTS[key], output_dir, source, res=options.resolution)
+        key: output_path(
+            ANAT_OUTPUTS[key], output_dir, source, space=options.template, res=options.resolution
+        )
         for key in declared_outputs(options)
     }
 
@@ -263,8 +267,11 @@ def init_ds_anat_wf(
     parameters, seed) goes into every JSON sidecar, with the declared description added, and the
     segmentation's method (and any failure) in the tissue maps' sidecars.
     """
+    from pipeline.data.templates import load_template
+
     workflow = pe.Workflow(name=name)
     keys = declared_outputs(options)
+    voxel_mm = float(load_template(options.resolution, options.template).t1w.header.get_zooms()[0])
     fields = sorted({_FIELD_OF[k][0] for k in keys} | {"segmentation_report"})
     inputnode = pe.Node(niu.IdentityInterface(fields=fields), name="inputnode")
     connections = []
@@ -273,7 +280,7 @@ def init_ds_anat_wf(
         spec = ANAT_OUTPUTS[key]
         meta = dict(metadata)
         if spec.std:
-            meta["SpatialReference"] = f"{TEMPLATE} (nilearn, {options.resolution} mm)"
+            meta["SpatialReference"] = spatial_reference(options.template, voxel_mm)
         sink = pe.Node(
             DerivativesDataSink(
                 base_directory=str(output_dir),
@@ -281,6 +288,7 @@ def init_ds_anat_wf(
                 output=key,
                 source=source,
                 res=options.resolution,
+                space=options.template,
                 meta_dict=meta,
             ),
             name=f"ds_{key}",

@@ -41,6 +41,8 @@ from pipeline.outputs import (
     res_label,
     run_label,
     source_entities,
+    space_of,
+    spatial_reference,
 )
 from pipeline.workflows._execute import run_workflow
 
@@ -171,6 +173,7 @@ def init_ds_func_wf(
     source: dict,
     options: FuncOptions,
     metadata: dict,
+    space: str = TEMPLATE,
     name: str = "ds_func_wf",
 ) -> pe.Workflow:
     """Derivative sinks of the functional stage: one :class:`DerivativesDataSink` per declared
@@ -183,7 +186,7 @@ def init_ds_func_wf(
     for key, spec in FUNC_OUTPUTS.items():
         meta = dict(metadata)
         if spec.std:
-            meta["SpatialReference"] = f"{TEMPLATE} (nilearn), {options.output_resolution:g} mm"
+            meta["SpatialReference"] = spatial_reference(space, options.output_resolution)
         sink = pe.Node(
             DerivativesDataSink(
                 base_directory=str(output_dir),
@@ -191,6 +194,7 @@ def init_ds_func_wf(
                 output=key,
                 source=source,
                 res=res,
+                space=space,
                 meta_dict=meta,
             ),
             name=f"ds_{key}",
@@ -206,6 +210,7 @@ def init_ds_func_wf(
             base_directory=str(output_dir),
             stage="func",
             source=source,
+            space=space,
             meta_dict={**metadata, "Description": "ROI-level output (see the BIDS entities)"},
         ),
         name="ds_rois",
@@ -242,20 +247,24 @@ def roi_outputs(options: FuncOptions) -> dict[str, tuple[str, dict]]:
     return out
 
 
-def expected_paths(output_dir: Path, source: dict | str, options: FuncOptions) -> dict[str, Path]:
+def expected_paths(
+    output_dir: Path, source: dict | str, options: FuncOptions, space: str = TEMPLATE
+) -> dict[str, Path]:
     """The derivative paths :func:`run_func_stage` writes for one run, keyed as in its return value.
 
     ``source`` is the BOLD run's entities (:func:`pipeline.outputs.source_entities`); a subject
-    label stands for ``{"sub": label, "task": options.task}``.
+    label stands for ``{"sub": label, "task": options.task}``. ``space`` is the run's template
+    (the anatomical stage's, :func:`pipeline.outputs.space_of` its outputs).
     """
     if isinstance(source, str):
         source = {"sub": clean_label(source), "task": options.task}
     res = res_label(options.output_resolution)
     paths = {
-        key: output_path(spec, output_dir, source, res=res) for key, spec in FUNC_OUTPUTS.items()
+        key: output_path(spec, output_dir, source, space=space, res=res)
+        for key, spec in FUNC_OUTPUTS.items()
     }
     for key, (name, values) in roi_outputs(options).items():
-        paths[key] = output_path(ROI_OUTPUTS[name], output_dir, source, **values)
+        paths[key] = output_path(ROI_OUTPUTS[name], output_dir, source, space=space, **values)
     return paths
 
 
@@ -342,8 +351,10 @@ def run_func_stage(
     run_name = run_label(source).replace("-", "_") or "bold"
     wf = pe.Workflow(name=f"func_sub_{sub}_{run_name}_wf", base_dir=str(work_dir))
     func_wf = init_func_wf(options=options, subject=sub, seed=seed)
+    # the anatomical stage's template (its outputs' space entity) is the run's
+    space = space_of(anat["std_mask"], default=TEMPLATE)
     ds_wf = init_ds_func_wf(
-        output_dir=output_dir, source=source, options=options, metadata=metadata
+        output_dir=output_dir, source=source, options=options, metadata=metadata, space=space
     )
     inputs = func_wf.inputs.inputnode
     inputs.bold = str(bold)
@@ -358,7 +369,7 @@ def run_func_stage(
     wf.connect([(func_wf, ds_wf, [(f"outputnode.{f}", f"inputnode.{f}") for f in _OUTPUT_FIELDS])])
     what = f"sub-{sub} {run_label(source)}: functional workflow"
     run_workflow(wf, work_dir=work_dir, nprocs=nprocs, what=what)
-    paths = expected_paths(output_dir, source, options)
+    paths = expected_paths(output_dir, source, options, space)
     absent = [str(p) for p in paths.values() if not p.exists()]
     if absent:
         raise StageError(f"{bold.name}: functional outputs missing after the run: {absent[0]}")

@@ -8,6 +8,7 @@ import shutil
 import sys
 from pathlib import Path
 
+import _templateflow  # a TemplateFlow cache with a template symprep does not ship
 import nibabel as nib
 import numpy as np
 import pytest
@@ -49,7 +50,12 @@ def _two_sessions_two_runs(src: Path, dest: Path) -> list[tuple[str, str]]:
 
 
 @pytest.mark.slow
-def test_two_sessions_two_runs_give_four_runs_of_outputs(tmp_path_factory, tmp_path):
+def test_two_sessions_two_runs_give_four_runs_of_outputs(tmp_path_factory, tmp_path, monkeypatch):
+    """... in a template from TemplateFlow's cache (``--output-spaces``): the outputs are on its
+    grid and named after it."""
+    monkeypatch.setenv("TEMPLATEFLOW_HOME", str(tmp_path / "templateflow"))
+    shape = _templateflow.cached_template(tmp_path / "templateflow")
+    space = f"{_templateflow.NAME}:res-2"
     src = _funcdata.func_bids(tmp_path_factory)
     bids = tmp_path / "bids"
     bids.mkdir()
@@ -78,11 +84,19 @@ def test_two_sessions_two_runs_give_four_runs_of_outputs(tmp_path_factory, tmp_p
             "-w",
             str(tmp_path / "work"),
             "--skip-bids-validation",
+            "--output-spaces",
+            space,
         ]
     )
     assert code == 0
     # anatomy: one subject-level reference, named without ses/run
     assert (out / "sub-01/anat/sub-01_desc-brain_mask.nii.gz").exists()
+    # ... registered to the cached template: on its grid, named after it
+    tpl = f"space-{_templateflow.NAME}_res-2"
+    std_t1w = nib.load(out / f"sub-01/anat/sub-01_{tpl}_desc-preproc_T1w.nii.gz")
+    assert std_t1w.shape == shape
+    assert (out / f"sub-01/anat/sub-01_from-T1w_to-{_templateflow.NAME}_mode-image_xfm.h5").exists()
+    assert not list(out.rglob("*MNI152NLin2009aSym*"))
     record = json.loads((out / "logs/sub-01_participant.json").read_text())
     labels = {k.split(".")[1] for k in record["outputs"] if k.startswith("func.")}
     assert labels == {f"ses-{s}_task-rest_run-{r}" for s, r in runs}
@@ -90,7 +104,12 @@ def test_two_sessions_two_runs_give_four_runs_of_outputs(tmp_path_factory, tmp_p
         folder = out / "sub-01" / f"ses-{ses}" / "func"
         stem = f"sub-01_ses-{ses}_task-rest_run-{run}"
         assert (folder / f"{stem}_desc-confounds_timeseries.tsv").exists()
-        assert (folder / f"{stem}_space-MNI152NLin2009aSym_res-3_desc-preproc_bold.nii.gz").exists()
+        bold = nib.load(
+            folder / f"{stem}_space-{_templateflow.NAME}_res-3_desc-preproc_bold.nii.gz"
+        )
+        # the 3 mm grid spans the cached template's field of view, not the shipped one's
+        assert bold.shape[:3] == tuple((np.array(shape) - 1) * 2 // 3 + 1)
+        assert np.allclose(bold.affine[:3, 3], std_t1w.affine[:3, 3], atol=1e-3)
     # every declared single-file output exists once per run, and the four runs differ
     for key, spec in FUNC_OUTPUTS.items():
         assert len(find_outputs(spec, out, "01")) == 4, key
@@ -117,6 +136,8 @@ def test_two_sessions_two_runs_give_four_runs_of_outputs(tmp_path_factory, tmp_p
             "--skip-bids-validation",
             "--bids-filter-file",
             str(filters),
+            "--output-spaces",
+            space,
         ]
     )
     assert code == 0
