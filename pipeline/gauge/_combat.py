@@ -38,6 +38,15 @@ from sklearn.utils.validation import check_is_fitted
 from tqdm.auto import tqdm
 
 from pipeline.gauge import _eb
+from pipeline.gauge._blockfit import (
+    EBOptions,
+    adjust,
+    adjust_site,
+    ls_estimates,
+    merge_prior_sums,
+    prior_sums,
+    set_sites,
+)
 from pipeline.gauge._design import (
     CovariateEncoding,
     check_batch,
@@ -160,25 +169,10 @@ class ComBat(BaseEstimator):
         source = FeatureBlocks(X, self.block_features)
         n, p = source.n_subjects, source.n_features
         labels = check_batch(batch, n)
-        self.sites_ = site_levels(labels)
-        idx = site_index(labels, self.sites_)
-        counts = np.bincount(idx, minlength=len(self.sites_))
-        single = [str(s) for s, c in zip(self.sites_, counts, strict=True) if c < 2]
-        if single:
-            raise HarmonizationError(
-                f"batch has site(s) with a single subject: {', '.join(single)} "
-                "(ComBat needs at least two subjects per site)"
-            )
-        if len(self.sites_) < 2:
-            log.warning("ComBat fitted on a single site: nothing to harmonize")
-        if self.ref_batch is None:
-            self.ref_level_ = None
-        elif self.ref_batch in self.sites_:
-            self.ref_level_ = self.sites_.index(self.ref_batch)
-        else:
-            raise HarmonizationError(
-                f"ref_batch {self.ref_batch!r} is not one of the sites {self.sites_}"
-            )
+        sites = site_levels(labels)
+        idx = site_index(labels, sites)
+        counts = np.bincount(idx, minlength=len(sites))
+        set_sites(self, sites, counts)
         self.encoding_ = CovariateEncoding.fit(covariates, n)
         site_part, cov_part = self._design(idx, covariates, n)
         design = np.hstack([site_part, cov_part])
@@ -262,9 +256,29 @@ class ComBat(BaseEstimator):
         of :math:`s_{kv}`; the map-reduce and distributed fits (:mod:`._moments`) call this too,
         so every fit shares one EB code path.
         """
-        n_sites = len(self.sites_)
-        p = grand_mean.shape[0]
-        self.n_features_in_ = p
+        self._set_standardization(counts, beta, grand_mean, var_pooled, constant)
+        gamma_hat, delta_hat = ls_estimates(counts, mean_s, ss, self.ref_level_, self.mean_only)
+        self.gamma_hat_, self.delta_hat_ = gamma_hat, delta_hat
+        priors = merge_prior_sums(
+            [prior_sums(gamma_hat, delta_hat, constant, self.ref_level_)], self.mean_only
+        )
+        self.priors_ = [None if pr is None else vars(pr) for pr in priors]
+        self.gamma_star_, self.delta_star_, _ = adjust(
+            gamma_hat, delta_hat, mean_s, ss, constant, counts, priors, EBOptions.of(self)
+        )
+        return self
+
+    def _set_standardization(
+        self,
+        counts: np.ndarray,
+        beta: np.ndarray,
+        grand_mean: np.ndarray,
+        var_pooled: np.ndarray,
+        constant: np.ndarray,
+    ) -> None:
+        """Set the fitted coefficients, grand mean, pooled variance, constant features and
+        subjects per site (``sites_`` set), refusing data whose features are all constant."""
+        self.n_features_in_ = grand_mean.shape[0]
         self.beta_, self.grand_mean_, self.var_pooled_ = beta, grand_mean, var_pooled
         self.constant_features_ = constant
         self.feature_mask_hash_ = _hash_mask(~constant)
@@ -273,53 +287,6 @@ class ComBat(BaseEstimator):
             log.info("%d constant feature(s) pass through unchanged", int(constant.sum()))
         if constant.all():
             raise HarmonizationError("X has only constant features: nothing to harmonize")
-
-        site_rows = site_design(np.arange(n_sites), n_sites, self.ref_level_)
-        site_gram_inv = np.linalg.inv(site_rows.T @ (counts[:, None] * site_rows))
-        gamma_hat = site_gram_inv @ (site_rows.T @ (counts[:, None] * mean_s))
-        delta_hat = ss / (counts[:, None] - 1.0)
-        if self.mean_only:
-            delta_hat = np.ones_like(delta_hat)
-        delta_hat[delta_hat == 0] = 1.0  # neuroCombat's convert_zeroes
-        self.gamma_hat_, self.delta_hat_ = gamma_hat, delta_hat
-        self.gamma_star_ = np.zeros_like(gamma_hat)
-        self.delta_star_ = np.ones_like(delta_hat)
-        self.priors_: list[dict[str, float] | None] = []
-        keep = ~constant
-        for i in range(n_sites):
-            if i == self.ref_level_:
-                self.priors_.append(None)
-                continue
-            priors = _eb.fit_priors(gamma_hat[i, keep], delta_hat[i, keep], self.mean_only)
-            self.priors_.append(vars(priors))
-            g, d = self._adjust_site(
-                gamma_hat[i, keep],
-                delta_hat[i, keep],
-                mean_s[i, keep],
-                ss[i, keep],
-                int(counts[i]),
-                priors,
-            )
-            self.gamma_star_[i, keep], self.delta_star_[i, keep] = g, d
-        return self
-
-    def _adjust_site(
-        self,
-        gamma_hat: np.ndarray,
-        delta_hat: np.ndarray,
-        mean_s: np.ndarray,
-        ss: np.ndarray,
-        n: int,
-        priors: _eb.Priors,
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """(gamma*, delta*) of one site from its sufficient statistics."""
-        if not self.eb:
-            return gamma_hat, delta_hat
-        if self.parametric:
-            return _eb.parametric(gamma_hat, delta_hat, mean_s, ss, n, priors, self.mean_only)
-        if self.mean_only:
-            delta_hat = np.ones_like(delta_hat)
-        return _eb.nonparametric(gamma_hat, delta_hat, mean_s, ss, n)
 
     # ------------------------------------------------------------------ transform
     def _standardize(self, Xb: np.ndarray, sl: slice, cov_part: np.ndarray) -> np.ndarray:
@@ -513,13 +480,14 @@ class ComBat(BaseEstimator):
                 else _eb.fit_priors(mean_s[i, keep], delta_hat[i, keep], self.mean_only)
             )
             new_priors.append(vars(pr))
-            gamma_star[i, keep], delta_star[i, keep] = self._adjust_site(
+            gamma_star[i, keep], delta_star[i, keep], _ = adjust_site(
                 mean_s[i, keep],
                 delta_hat[i, keep],
                 mean_s[i, keep],
                 ss[i, keep],
                 int(counts[i]),
                 pr,
+                EBOptions.of(self),
             )
         self.added_sites_ = [*getattr(self, "added_sites_", []), *new_sites]
         self.sites_ = [*self.sites_, *new_sites]

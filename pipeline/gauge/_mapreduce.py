@@ -8,18 +8,25 @@ feature blocks but still reads every subject of a block at once, in one process.
    ``.npy``/memmap file by name, from subjects' NIfTI maps, from a dask or numpy array) and reduces
    it to per-site sufficient statistics (:class:`~pipeline.gauge._moments.SiteMoments`);
 2. **reduce**: a binary tree merges the statistics over blocks of subjects (Chan's update, still
-   centred); the client joins the feature blocks;
-3. **fit**: the pooled statistics give the coefficients, pooled variance, L/S estimates and the
-   empirical-Bayes hyperparameters and posteriors (:func:`~pipeline.gauge._moments.fit_from_moments`,
-   the same EB code as the in-memory fit, whose stopping rule is global over features);
+   centred), and the feature block's fit follows on the worker
+   (:func:`~pipeline.gauge._moments.standardize`, :class:`~pipeline.gauge._blockfit.BlockFit`:
+   coefficients, pooled variance, L/S estimates); the results stay on the workers;
+3. **priors and EB**: the blocks report sums over their features, which the client merges into
+   each site's hyperparameters; the blocks then compute their EB posteriors, each site iterated
+   as often as the one-block fit would iterate it (its stopping rule is global over features,
+   see :mod:`pipeline.gauge._blockfit`); only the non-parametric prior, ``O(p^2)`` and capped at
+   a few thousand features, runs on the client over all features;
 4. **apply**: one task per block adjusts it and writes it into the output ``.npy`` itself.
 
 A task holds one block (``block_bytes`` of float64, a few copies while it works) and its
-statistics; the client holds the per-site, per-feature statistics and the model (``n_sites ×
-n_features``, the size of the saved model), nothing per subject. Time is linear in subjects ×
-features. Blocks run wherever dask computes: a ``distributed.Client`` passed in (the group stage's
-local or SLURM cluster, :mod:`pipeline.dask_cluster`), the active default client, or dask's
-threaded scheduler.
+statistics. The client never holds a feature block's statistics of all blocks at once: it
+computes the covariates' per-site statistics itself (no feature in them), gathers the model's
+arrays a few blocks at a time into arrays allocated once (``n_sites × n_features``, the size of
+the saved model), and keeps at most a few tasks per worker thread in flight when it applies the
+model, so neither the graph nor the results it holds grow with the data. Nothing is per subject
+but the site codes and covariates. Time is linear in subjects × features. Blocks run wherever
+dask computes: a ``distributed.Client`` passed in (the group stage's local or SLURM cluster,
+:mod:`pipeline.dask_cluster`), the active default client, or dask's threaded scheduler.
 """
 
 from __future__ import annotations
@@ -35,15 +42,19 @@ import pandas as pd
 from sklearn.base import clone
 from sklearn.utils.validation import check_is_fitted
 
+from pipeline.gauge import _eb
+from pipeline.gauge._blockfit import BlockFit, EBOptions, adjust, merge_prior_sums
 from pipeline.gauge._design import CovariateEncoding, check_batch, site_index, site_levels
 from pipeline.gauge._errors import HarmonizationError
 from pipeline.gauge._moments import (
+    FitHeader,
     Moments,
     add_sites_from_moments,
     block_moments,
     concat_moments,
-    fit_from_moments,
+    fit_header,
     merge_moments,
+    standardize,
 )
 from pipeline.gauge._stream import _release, is_dask
 
@@ -128,8 +139,9 @@ def _edges(total: int, step: int) -> list[tuple[int, int]]:
 
 # ---------------------------------------------------------------------------------- tasks
 def _map_task(
-    source: Any, r0: int, r1: int, c0: int, c1: int, codes: np.ndarray, C: np.ndarray
+    source: Any, r0: int, r1: int, c0: int, c1: int, design: tuple[np.ndarray, np.ndarray]
 ) -> Moments:
+    codes, C = design[0][r0:r1], design[1][r0:r1]
     X = source.read(r0, r1, c0, c1)
     if not np.isfinite(X).all():
         bad = np.flatnonzero(~np.all(np.isfinite(X), axis=0))
@@ -153,11 +165,13 @@ def _apply_task(
 ) -> np.ndarray | None:
     Xb = source.read(r0, r1, c0, c1)
     # the in-memory transform's operations, in its order: x* = (x - A - shift) * inv_scale + A
+    shift = params["gamma_star"] * np.sqrt(params["var_pooled"])
+    inv_scale = 1.0 / np.sqrt(params["delta_star"])
     A = C @ params["beta"]
     A += params["grand_mean"]
     out = np.subtract(Xb, A)
-    out -= np.take(params["shift"], codes, axis=0)
-    out *= np.take(params["inv_scale"], codes, axis=0)
+    out -= np.take(shift, codes, axis=0)
+    out *= np.take(inv_scale, codes, axis=0)
     out += A
     const = params["constant"]
     if const.any():
@@ -183,6 +197,90 @@ def _compute(tasks: list[Any], client: Any) -> list[Any]:
         futures = client.compute(tasks)
         return client.gather(futures)
     return list(dask.compute(*tasks))
+
+
+def _active_client(client: Any) -> Any:
+    """``client``, else the default ``distributed.Client`` when dask's scheduler is set to it
+    (so that block results stay on its workers), else ``None`` (dask's local scheduler)."""
+    import dask
+
+    if client is not None:
+        return client
+    if dask.config.get("scheduler", None) not in ("dask.distributed", "distributed"):
+        return None
+    try:
+        from distributed import default_client
+
+        return default_client()
+    except (ImportError, ValueError):
+        return None
+
+
+def _persist(tasks: list[Any], client: Any) -> list[Any]:
+    """Run dask ``tasks``: futures whose results stay on the workers (with a client), or their
+    values, computed here by dask's configured scheduler."""
+    import dask
+
+    if client is not None:
+        return client.compute(tasks)
+    return list(dask.compute(*tasks))
+
+
+def _call(method: str, handles: list[Any], client: Any, *args: Any) -> list[Any]:
+    """``handle.<method>(*args)`` for each handle: where its result lives (a worker) or here."""
+    if client is None:
+        return [getattr(h, method)(*args) for h in handles]
+    return [client.submit(_call_method, h, method, *args, pure=False) for h in handles]
+
+
+def _call_method(obj: Any, method: str, *args: Any) -> Any:
+    return getattr(obj, method)(*args)
+
+
+def _values(handles: list[Any], client: Any) -> list[Any]:
+    return handles if client is None else client.gather(handles)
+
+
+def _window(client: Any) -> int:
+    """Tasks kept in flight from the client: a few per worker thread."""
+    if client is None:
+        return 16
+    return max(8, 4 * sum(client.nthreads().values()))
+
+
+def _run_windowed(fn: Any, calls: list[tuple[Any, ...]], client: Any, on_result: Any) -> None:
+    """``on_result(k, fn(*calls[k]))`` for every call, with at most :func:`_window` calls
+    submitted at once (so the client never holds every call's arguments or results)."""
+    import dask
+
+    window = _window(client)
+    if client is None:
+        task = dask.delayed(fn, pure=False)
+        for k in range(0, len(calls), window):
+            results = dask.compute(*[task(*a) for a in calls[k : k + window]])
+            for j, result in enumerate(results):
+                on_result(k + j, result)
+        return
+    from distributed import as_completed
+
+    index: dict[str, int] = {}
+    pending = iter(range(len(calls)))
+
+    def start() -> Any:
+        k = next(pending, None)
+        if k is None:
+            return None
+        future = client.submit(fn, *calls[k], pure=False)
+        index[future.key] = k
+        return future
+
+    running = as_completed([f for f in (start() for _ in range(window)) if f is not None])
+    for future in running:
+        on_result(index.pop(future.key), future.result())
+        future.release()
+        nxt = start()
+        if nxt is not None:
+            running.add(nxt)
 
 
 # ---------------------------------------------------------------------------------- reduce
@@ -213,21 +311,30 @@ def site_moments(
     -------
     dict of int to SiteMoments
     """
+    source = as_source(X)
+    per_block, _ = _moment_tree(source, codes, C, block_bytes)
+    return concat_moments(_compute(per_block, client))
+
+
+def _moment_tree(
+    source: Any, codes: np.ndarray, C: np.ndarray, block_bytes: int
+) -> tuple[list[Any], list[tuple[int, int]]]:
+    """One dask task per feature block giving the block's per-site statistics (a map task per
+    block of subjects, merged by a binary tree), and the feature blocks' column ranges."""
     import dask
 
-    source = as_source(X)
     n, p = source.shape
     if n == 0 or p == 0:
         raise HarmonizationError(f"X is empty (shape {(n, p)})")
     rows, cols = block_shape(n, p, block_bytes, getattr(source, "whole_rows", False))
     shared = dask.delayed(source, pure=True)
+    design = dask.delayed((codes, C), pure=True)
     map_task = dask.delayed(_map_task, pure=True)
     merge = dask.delayed(merge_moments, pure=True)
     per_block = []
-    for c0, c1 in _edges(p, cols):
-        level = [
-            map_task(shared, r0, r1, c0, c1, codes[r0:r1], C[r0:r1]) for r0, r1 in _edges(n, rows)
-        ]
+    col_edges = _edges(p, cols)
+    for c0, c1 in col_edges:
+        level = [map_task(shared, r0, r1, c0, c1, design) for r0, r1 in _edges(n, rows)]
         while len(level) > 1:  # binary tree: log2(subject blocks) merges deep
             level = [
                 merge(level[k], level[k + 1]) if k + 1 < len(level) else level[k]
@@ -242,7 +349,39 @@ def site_moments(
         cols,
         -(-n // rows) * len(per_block),
     )
-    return concat_moments(_compute(per_block, client))
+    return per_block, col_edges
+
+
+def _block_fit(
+    moments: Moments, codes: list[int], header: FitHeader, options: EBOptions
+) -> BlockFit:
+    """The fit of one feature block from its per-site statistics (on a worker)."""
+    std = standardize([moments[c] for c in codes], header)
+    return BlockFit(**vars(std), counts=header.counts, ref_level=header.ref_level, options=options)
+
+
+def _posteriors(
+    fits: list[Any], priors: list[Any], client: Any, max_iter: int = _eb.MAX_ITER
+) -> list[Any]:
+    """The blocks with their parametric EB posteriors, each site iterated as often as the whole
+    fit would be (its stopping rule is global over features): the largest count of the blocks
+    alone, checked (and, should the changes not shrink monotonically, corrected) against the
+    changes of every block run that long."""
+    own = _values(_call("own_iterations", fits, client, priors), client)
+    counts = [None if pr is None else max(c[i] for c in own) for i, pr in enumerate(priors)]
+    while True:
+        runs = _call("with_posteriors", fits, client, priors, counts)
+        changes = _values(_call("iteration_changes", runs, client), client)
+        settled = list(counts)
+        for i, k in enumerate(counts):
+            if k is None:
+                continue
+            stop = _eb.stop_count([c[i] for c in changes], max_iter=max_iter)
+            settled[i] = stop if stop is not None else min(2 * k, max_iter)
+        if settled == counts:
+            return runs
+        log.info("EB iteration counts %s → %s (block changes not monotone)", counts, settled)
+        counts = settled
 
 
 # ---------------------------------------------------------------------------------- public API
@@ -274,16 +413,91 @@ def fit_mapreduce(
     ComBat
         Fitted (``save``, ``transform`` and :func:`transform_mapreduce` apply it).
     """
+    import dask
+
     source = as_source(X)
-    n = source.shape[0]
+    n, p = source.shape
     labels = check_batch(batch, n)
     sites = site_levels(labels)
     codes = site_index(labels, sites)
     encoding = CovariateEncoding.fit(covariates, n)
     C = encoding.transform(covariates, n)
-    moments = site_moments(source, codes, C, block_bytes, client)
     model = clone(estimator)
-    return fit_from_moments(model, [sites[k] for k in moments], list(moments.values()), encoding)
+    client = _active_client(client)
+    # the covariates' per-site statistics need no feature: the client computes them itself
+    cov = block_moments(np.zeros((n, 0)), codes, C)
+    keys = list(cov)
+    header = fit_header(model, [sites[k] for k in keys], list(cov.values()), encoding, p)
+    order = [keys[k] for k in header.order]
+    options = EBOptions.of(model)
+    # 1. map-reduce to each feature block's statistics, and the block's fit, on the workers
+    tree, col_edges = _moment_tree(source, codes, C, block_bytes)
+    fit_block = dask.delayed(_block_fit, pure=False)
+    fits = _persist([fit_block(t, order, header, options) for t in tree], client)
+    # 2. priors: sums over features, block by block
+    blocks = _values(_call("prior_sums", fits, client), client)
+    if sum(b[0] for b in blocks) == p:
+        raise HarmonizationError("X has only constant features: nothing to harmonize")
+    priors = merge_prior_sums([b[1] for b in blocks], model.mean_only)
+    model.priors_ = [None if pr is None else vars(pr) for pr in priors]
+    # 3. EB posteriors block by block (the non-parametric prior needs every feature at once)
+    whole = model.eb and not model.parametric
+    if options.iterates:
+        fits = _posteriors(fits, priors, client)
+    elif not whole:
+        fits = _call("with_posteriors", fits, client, priors)
+    arrays = _gather_model(fits, col_edges, len(order), C.shape[1], whole, client)
+    del fits
+    model._set_standardization(
+        header.counts,
+        arrays["beta"],
+        arrays["grand_mean"],
+        arrays["var_pooled"],
+        arrays["constant"],
+    )
+    model.gamma_hat_, model.delta_hat_ = arrays["gamma_hat"], arrays["delta_hat"]
+    if whole:
+        model.gamma_star_, model.delta_star_, _ = adjust(
+            arrays["gamma_hat"],
+            arrays["delta_hat"],
+            arrays["mean_s"],
+            arrays["ss"],
+            arrays["constant"],
+            header.counts,
+            priors,
+            options,
+        )
+    else:
+        model.gamma_star_, model.delta_star_ = arrays["gamma_star"], arrays["delta_star"]
+    return model
+
+
+_MODEL_FIELDS = ("beta", "grand_mean", "var_pooled", "constant", "gamma_hat", "delta_hat")
+
+
+def _gather_model(
+    fits: list[Any],
+    col_edges: list[tuple[int, int]],
+    n_sites: int,
+    n_columns: int,
+    whole: bool,
+    client: Any,
+) -> dict[str, np.ndarray]:
+    """The model's per-feature arrays, gathered a few feature blocks at a time into arrays
+    allocated once (``mean_s`` and ``ss`` too when ``whole``, else the posteriors)."""
+    p = col_edges[-1][1]
+    names = _MODEL_FIELDS + (("mean_s", "ss") if whole else ("gamma_star", "delta_star"))
+    shapes = {"beta": (n_sites + n_columns, p), "grand_mean": (p,), "var_pooled": (p,)}
+    arrays = {name: np.empty(shapes.get(name, (n_sites, p)), dtype=np.float64) for name in names}
+    arrays["constant"] = np.empty(p, dtype=bool)
+    step = _window(client)
+    for k in range(0, len(fits), step):
+        parts = _values(_call("fields", fits[k : k + step], client, names), client)
+        for (c0, c1), part in zip(col_edges[k : k + step], parts, strict=True):
+            for name, value in part.items():
+                arrays[name][..., c0:c1] = value
+        del parts
+    return arrays
 
 
 def add_sites_mapreduce(
@@ -342,8 +556,6 @@ def transform_mapreduce(
     ndarray
         ``out``.
     """
-    import dask
-
     check_is_fitted(model, "gamma_star_")
     source = as_source(X)
     n, p = source.shape
@@ -368,33 +580,31 @@ def transform_mapreduce(
             "shape": tuple(out.shape),
         }
     rows, cols = block_shape(n, p, block_bytes, getattr(source, "whole_rows", False))
-    shared = dask.delayed(source, pure=True)
-    apply_task = dask.delayed(_apply_task, pure=True)
-    tasks, where = [], []
+    client = _active_client(client)
+    shared = source if client is None else client.scatter(source, broadcast=False, hash=False)
+    calls, where = [], []
     for c0, c1 in _edges(p, cols):
         sl = slice(c0, c1)
-        params = dask.delayed(
-            {
-                "beta": model.beta_[n_fit:, sl],
-                "grand_mean": model.grand_mean_[sl],
-                "shift": model.gamma_star_[:, sl] * np.sqrt(model.var_pooled_[sl]),
-                "inv_scale": 1.0 / np.sqrt(model.delta_star_[:, sl]),
-                "constant": model.constant_features_[sl],
-                "ref_level": model.ref_level_,
-            },
-            pure=True,
-        )
+        params = {
+            "beta": model.beta_[n_fit:, sl],
+            "grand_mean": model.grand_mean_[sl],
+            "var_pooled": model.var_pooled_[sl],
+            "gamma_star": model.gamma_star_[:, sl],
+            "delta_star": model.delta_star_[:, sl],
+            "constant": model.constant_features_[sl],
+            "ref_level": model.ref_level_,
+        }
         for r0, r1 in _edges(n, rows):
-            tasks.append(apply_task(shared, r0, r1, c0, c1, params, codes[r0:r1], C[r0:r1], target))
+            calls.append((shared, r0, r1, c0, c1, params, codes[r0:r1], C[r0:r1], target))
             where.append((r0, r1, c0, c1))
+
+    def store(k: int, block: np.ndarray | None) -> None:
+        if block is not None:
+            r0, r1, c0, c1 = where[k]
+            out[r0:r1, c0:c1] = block
+
+    _run_windowed(_apply_task, calls, client, store)
     if target is not None:
-        _compute(tasks, client)
         with contextlib.suppress(OSError, ValueError):
             _release(out)
-        return out
-    step = 16  # blocks in flight: the client holds at most these results at once
-    for k in range(0, len(tasks), step):
-        blocks = _compute(tasks[k : k + step], client)
-        for (r0, r1, c0, c1), block in zip(where[k : k + step], blocks, strict=True):
-            out[r0:r1, c0:c1] = block
     return out

@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from pipeline.gauge._blockfit import Standardized, set_sites
 from pipeline.gauge._design import CovariateEncoding, site_levels
 from pipeline.gauge._errors import CovariateError, HarmonizationError
 
@@ -194,6 +195,100 @@ def _rss(m: SiteMoments, beta: np.ndarray) -> np.ndarray:
     return np.maximum(rss, 0.0)
 
 
+@dataclass
+class FitHeader:
+    """What every feature block of a fit shares (a few numbers per site).
+
+    Attributes
+    ----------
+    order : list of int
+        Positions, in the statistics given to :func:`fit_header`, of the sites in sorted order.
+    counts : ndarray of int, shape (n_sites,)
+        Subjects per site, sorted order.
+    ref_level : int or None
+        The reference site's position.
+    scc : ndarray of shape (n_columns, n_columns)
+        Within-site covariate cross-products summed over sites.
+    """
+
+    order: list[int]
+    counts: np.ndarray
+    ref_level: int | None
+    scc: np.ndarray
+
+
+def fit_header(
+    estimator: ComBat,
+    sites: Sequence[Any],
+    moments: Sequence[SiteMoments],
+    encoding: CovariateEncoding,
+    n_features: int,
+) -> FitHeader:
+    """Check the sites and the design and set ``sites_``, ``ref_level_`` and ``encoding_`` of
+    ``estimator``; arguments as in :func:`fit_from_moments`, but the statistics need not hold
+    any feature (only ``n``, ``cmean`` and ``scc`` are read), hence ``n_features``."""
+    labels = list(sites)
+    if len(set(labels)) != len(labels):
+        raise HarmonizationError(f"site statistics repeat a site: {labels}")
+    order = site_levels(np.asarray(labels, dtype=object))
+    position = {label: k for k, label in enumerate(labels)}
+    positions = [position[s] for s in order]
+    counts = np.array([moments[k].n for k in positions], dtype=np.int64)
+    set_sites(estimator, list(order), counts)
+    estimator.encoding_ = encoding
+    estimator._check_feature_count(n_features)
+    q = len(encoding.columns)
+    scc = sum((moments[k].scc for k in positions), np.zeros((q, q)))
+    if q:
+        rank = np.linalg.matrix_rank(scc)
+        if rank < q:
+            raise CovariateError(
+                f"covariates {encoding.names} are collinear with the sites or each other "
+                f"(within-site covariate rank {rank} < {q} columns)"
+            )
+    return FitHeader(positions, counts, estimator.ref_level_, scc)
+
+
+def standardize(ms: Sequence[SiteMoments], header: FitHeader) -> Standardized:
+    """The fit's per-feature quantities on one block of features, from its sites' statistics
+    (in sorted site order, see :attr:`FitHeader.order`)."""
+    counts = header.counts
+    widths = {m.n_features for m in ms}
+    if len(widths) != 1:
+        raise HarmonizationError(f"site statistics have different feature counts: {sorted(widths)}")
+    p = widths.pop()
+    if header.scc.shape[0]:
+        beta_cov = np.linalg.solve(header.scc, sum(m.scx for m in ms))
+    else:
+        beta_cov = np.zeros((0, p))
+    b = np.stack([m.mean - m.cmean @ beta_cov for m in ms])  # per-site intercepts
+    rss = np.stack([_rss(m, beta_cov) for m in ms])
+    n = counts.sum()
+    r = header.ref_level
+    if r is None:
+        grand_mean = (counts / float(n)) @ b
+        var_pooled = rss.sum(axis=0) / n
+        site_rows = b
+    else:
+        grand_mean = b[r].copy()
+        var_pooled = rss[r] / counts[r]
+        site_rows = b - b[r]
+        site_rows[r] = b[r]
+    var_pooled[var_pooled == 0] = 1.0
+    sd = np.sqrt(var_pooled)
+    constant = np.logical_and.reduce([m.const for m in ms]) & np.all(
+        [m.value == ms[0].value for m in ms], axis=0
+    )
+    return Standardized(
+        beta=np.vstack([site_rows, beta_cov]),
+        grand_mean=grand_mean,
+        var_pooled=var_pooled,
+        mean_s=(b - grand_mean) / sd,
+        ss=rss / var_pooled,
+        constant=constant,
+    )
+
+
 def fit_from_moments(
     estimator: ComBat,
     sites: Sequence[Any],
@@ -217,71 +312,17 @@ def fit_from_moments(
     ComBat
         ``estimator``, fitted: equal to ``estimator.fit`` on the pooled data (rounding aside).
     """
-    est = estimator
-    labels = list(sites)
-    if len(set(labels)) != len(labels):
-        raise HarmonizationError(f"site statistics repeat a site: {labels}")
-    order = site_levels(np.asarray(labels, dtype=object))
-    by_label = dict(zip(labels, moments, strict=True))
-    ms = [by_label[s] for s in order]
-    widths = {m.n_features for m in ms}
-    if len(widths) != 1:
-        raise HarmonizationError(f"site statistics have different feature counts: {sorted(widths)}")
-    counts = np.array([m.n for m in ms], dtype=np.int64)
-    single = [str(s) for s, c in zip(order, counts, strict=True) if c < 2]
-    if single:
-        raise HarmonizationError(
-            f"batch has site(s) with a single subject: {', '.join(single)} "
-            "(ComBat needs at least two subjects per site)"
-        )
-    est.sites_ = list(order)
-    if len(order) < 2:
-        log.warning("ComBat fitted on a single site: nothing to harmonize")
-    if est.ref_batch is None:
-        est.ref_level_ = None
-    elif est.ref_batch in est.sites_:
-        est.ref_level_ = est.sites_.index(est.ref_batch)
-    else:
-        raise HarmonizationError(
-            f"ref_batch {est.ref_batch!r} is not one of the sites {est.sites_}"
-        )
-    est.encoding_ = encoding
-    p = widths.pop()
-    est._check_feature_count(p)
-    q = len(encoding.columns)
-    if q:
-        scc = sum(m.scc for m in ms)
-        rank = np.linalg.matrix_rank(scc)
-        if rank < q:
-            raise CovariateError(
-                f"covariates {encoding.names} are collinear with the sites or each other "
-                f"(within-site covariate rank {rank} < {q} columns)"
-            )
-        beta_cov = np.linalg.solve(scc, sum(m.scx for m in ms))
-    else:
-        beta_cov = np.zeros((0, p))
-    b = np.stack([m.mean - m.cmean @ beta_cov for m in ms])  # per-site intercepts
-    rss = np.stack([_rss(m, beta_cov) for m in ms])
-    n = counts.sum()
-    if est.ref_level_ is None:
-        grand_mean = (counts / float(n)) @ b
-        var_pooled = rss.sum(axis=0) / n
-        site_rows = b
-    else:
-        r = est.ref_level_
-        grand_mean = b[r].copy()
-        var_pooled = rss[r] / counts[r]
-        site_rows = b - b[r]
-        site_rows[r] = b[r]
-    var_pooled[var_pooled == 0] = 1.0
-    sd = np.sqrt(var_pooled)
-    mean_s = (b - grand_mean) / sd
-    ss = rss / var_pooled
-    constant = np.logical_and.reduce([m.const for m in ms]) & np.all(
-        [m.value == ms[0].value for m in ms], axis=0
+    header = fit_header(estimator, sites, moments, encoding, moments[0].n_features)
+    std = standardize([moments[k] for k in header.order], header)
+    return estimator._fit_from_moments(
+        header.counts,
+        std.mean_s,
+        std.ss,
+        std.beta,
+        std.grand_mean,
+        std.var_pooled,
+        std.constant,
     )
-    beta = np.vstack([site_rows, beta_cov])
-    return est._fit_from_moments(counts, mean_s, ss, beta, grand_mean, var_pooled, constant)
 
 
 def add_sites_from_moments(

@@ -159,3 +159,27 @@ def test_reads_nifti_maps_directly(make_data, tmp_path):
     expected = ComBat().fit_transform(X32, site, cov[["age"]])
     got = transform_mapreduce(model, source, site, cov[["age"]])
     assert np.abs(got - expected).max() <= 1e-6
+
+
+def test_eb_iterations_follow_the_global_rule():
+    """The stopping count over feature blocks is the one over all features, NaN rule included."""
+    from pipeline.gauge._eb import stop_count
+
+    a = np.array([[0.5, 0.1], [1e-5, 1e-5], [1e-6, 1e-6]])
+    b = np.array([[0.5, 0.1], [1e-3, 1e-5], [1e-5, 1e-6]])
+    assert stop_count([a]) == 2
+    assert stop_count([a, b]) == 3
+    assert stop_count([a[:2], b[:2]]) is None  # would run on past the changes given
+    c = b.copy()
+    c[1, 0] = np.nan  # neuroCombat's max(nan, x) is nan: the loop stops there
+    assert stop_count([a, c]) == 2
+    assert stop_count([np.full((3, 2), -np.inf), a]) == 2  # a block of constant features
+
+
+def test_blocks_iterate_as_the_whole_fit(make_data):
+    """Many feature blocks, each iterated as often as the one-block fit: equal to rounding."""
+    X, site, cov = make_data(10, n_features=900)
+    expected = ComBat().fit(X, site, cov[["age"]])
+    model = fit_mapreduce(ComBat(), X, site, cov[["age"]], block_bytes=8 * 60 * 256)
+    assert np.abs(model.gamma_star_ - expected.gamma_star_).max() <= 1e-10
+    assert np.abs(model.delta_star_ - expected.delta_star_).max() <= 1e-10
