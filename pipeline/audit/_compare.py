@@ -24,6 +24,9 @@ __all__ = ["compare_derivatives", "output_label"]
 
 logger = logging.getLogger(__name__)
 
+#: a row of this measure says an output could not be compared at all (residual 1)
+NOT_COMPARABLE = "comparable"
+
 
 def output_label(name: str, subject: str) -> str:
     """Short label of a derivative file: its name without ``sub-X_`` and extension."""
@@ -41,7 +44,7 @@ def _table(path: Path) -> pd.DataFrame:
     return pd.read_csv(path, sep="\t")
 
 
-def _anat_rows(ref: Path, other: Path, subject: str) -> list[dict]:
+def _anat_rows(ref: Path, other: Path, subject: str, time_shift: int = 0) -> list[dict]:
     rows: list[dict] = []
     files = sorted(
         p
@@ -103,22 +106,64 @@ def _func_rows(ref: Path, other: Path, subject: str, time_shift: int) -> list[di
                 rows.append({"output": label, "measure": measure, "value": r, "residual": 1 - r})
         except ValueError as exc:  # shapes differ: a transformed run lost or gained volumes
             logger.warning("audit: cannot compare %s: %s", name, exc)
-            rows.append({"output": label, "measure": "comparable", "value": 0.0, "residual": 1.0})
+            rows.append({"output": label, "measure": NOT_COMPARABLE, "value": 0.0, "residual": 1.0})
     return rows
+
+
+#: how each stage's outputs are compared, by stage name; the measures each gives are the ones its
+#: entry in the stage registry (:data:`pipeline.workflows.stages.STAGES`) declares
+STAGE_COMPARISONS = {"anat": _anat_rows, "func": _func_rows}
+
+
+def stage_comparisons() -> list[tuple[str, tuple[str, ...]]]:
+    """``(stage, audit measures)`` of every registered stage that declares audit measures.
+
+    Raises
+    ------
+    ValueError
+        A stage declares measures but :data:`STAGE_COMPARISONS` has no comparison for it.
+    """
+    from pipeline.workflows.stages import STAGES
+
+    out = []
+    for stage in STAGES.values():
+        if not stage.audit_measures:
+            continue
+        if stage.name not in STAGE_COMPARISONS:
+            raise ValueError(
+                f"stage {stage.name!r} declares audit measures {stage.audit_measures} but "
+                "pipeline.audit._compare.STAGE_COMPARISONS has no comparison for it"
+            )
+        out.append((stage.name, stage.audit_measures))
+    return out
 
 
 def compare_derivatives(
     reference_dir: Path, other_dir: Path, subject: str, time_shift: int = 0
 ) -> pd.DataFrame:
-    """Residuals of every template-space anatomical output and every functional table of
-    ``subject`` in ``other_dir`` relative to ``reference_dir``.
+    """Residuals of the outputs of ``subject`` in ``other_dir`` relative to ``reference_dir``:
+    every registered stage's comparison (template-space anatomical outputs, functional tables).
 
     Returns
     -------
     pandas.DataFrame
-        Columns ``output``, ``measure``, ``value`` (the raw measure) and ``residual`` (0 for an
-        exactly invariant output; larger is worse).
+        Columns ``stage``, ``output``, ``measure`` (one of the stage's declared audit measures),
+        ``value`` (the raw measure) and ``residual`` (0 for an exactly invariant output; larger is
+        worse).
+
+    Raises
+    ------
+    ValueError
+        A comparison gave a measure that its stage does not declare.
     """
-    rows = _anat_rows(Path(reference_dir), Path(other_dir), subject)
-    rows += _func_rows(Path(reference_dir), Path(other_dir), subject, time_shift)
-    return pd.DataFrame(rows, columns=["output", "measure", "value", "residual"])
+    rows = []
+    for stage, measures in stage_comparisons():
+        found = STAGE_COMPARISONS[stage](Path(reference_dir), Path(other_dir), subject, time_shift)
+        undeclared = {r["measure"] for r in found} - set(measures) - {NOT_COMPARABLE}
+        if undeclared:
+            raise ValueError(
+                f"audit of stage {stage!r}: measures {sorted(undeclared)} are not among its "
+                f"declared audit measures {measures}"
+            )
+        rows += [{"stage": stage, **r} for r in found]
+    return pd.DataFrame(rows, columns=["stage", "output", "measure", "value", "residual"])

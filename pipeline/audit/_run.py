@@ -207,8 +207,9 @@ def summarize_audits(output_dir: Path) -> pd.DataFrame:
     if not tables:
         return pd.DataFrame()
     allres = pd.concat(tables, ignore_index=True)
+    keys = [c for c in ("stage", "output", "measure") if c in allres]
     summary = (
-        allres.groupby(["output", "measure"])
+        allres.groupby(keys)
         .agg(
             n_subjects=("subject", "nunique"),
             n_transforms=("residual", "size"),

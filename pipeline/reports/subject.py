@@ -26,15 +26,15 @@ from pipeline.reports._tables import audit_tables, fmt, model_tables
 
 logger = logging.getLogger(__name__)
 
-SECTIONS = [
-    "summary",
-    "anatomical",
-    "functional",
-    "harmonization",
-    "invariance",
-    "models",
-    "methods",
-]
+
+def _stage_sections() -> list[str]:
+    """The report sections of the registered stages (their ``report_section``), in stage order."""
+    from pipeline.workflows.stages import STAGES
+
+    return [s.report_section for s in STAGES.values() if s.report_section]
+
+
+SECTIONS = ["summary", *_stage_sections(), "harmonization", "invariance", "models", "methods"]
 
 
 def _try(what: str, fn, *args, **kwargs):
@@ -164,9 +164,13 @@ def _anat_section(
 
 
 def _flicker(std_t1w: Path, res: int, fig_dir: Path, html_dir: Path, subject: str):
+    from pipeline.data.templates import load_template
+    from pipeline.outputs import TEMPLATE, space_of
     from pipeline.reports import _group_data
 
-    tpl = _group_data.template(res)
+    # the template the subject was registered to (its outputs' space entity)
+    space = space_of(std_t1w, default=TEMPLATE)
+    tpl = _group_data.template(res) if space == TEMPLATE else load_template(res, space)
     return af.flicker_pair(std_t1w, tpl.t1w, tpl.wm, fig_dir, html_dir, subject)
 
 
@@ -344,8 +348,17 @@ def build_subject_report(output_dir: Path, subject: str, bids_dir: Path | None =
             anat_qc = read_json(out.anat["qc_json"])
         except (OSError, ValueError):
             anat_qc = {}
-    anat, anat_figs = _anat_section(out, fig_dir, output_dir, _raw_t1w(out), _flat_metrics(anat_qc))
-    funcs, func_figs = _func_sections(out, fig_dir, output_dir)
+    stage_content, stage_figs = {}, []
+    for section in _stage_sections():
+        builder = STAGE_SECTION_BUILDERS.get(section)
+        if builder is None:
+            raise ValueError(
+                f"a registered stage shows report section {section!r}, which "
+                "pipeline.reports.subject.STAGE_SECTION_BUILDERS does not build"
+            )
+        stage_content[section], figs = builder(out, fig_dir, output_dir, anat_qc)
+        stage_figs += figs
+    anat, funcs = stage_content.get("anatomical"), stage_content.get("functional") or []
     harm, harm_figs = _harmonization_section(out, output_dir, bids_dir)
     methods = Methods()
     anat_meta = sidecar(out.anat["std_t1w"]) if "std_t1w" in out.anat else {}
@@ -369,7 +382,7 @@ def build_subject_report(output_dir: Path, subject: str, bids_dir: Path | None =
     return render_page(
         "subject.html.j2",
         html,
-        anat_figs + func_figs + harm_figs,
+        stage_figs + harm_figs,
         title=f"symprep report: {out.label}",
         subtitle=str(output_dir),
         sections=SECTIONS,
@@ -381,6 +394,16 @@ def build_subject_report(output_dir: Path, subject: str, bids_dir: Path | None =
         models=model_tables(output_dir, out.subject),
         methods=methods,
     )
+
+
+#: how each stage's report section (its registry entry's ``report_section``) is built:
+#: ``builder(outputs, figure folder, html folder, anatomical QC record) -> (content, figures)``
+STAGE_SECTION_BUILDERS = {
+    "anatomical": lambda out, fig_dir, html_dir, anat_qc: _anat_section(
+        out, fig_dir, html_dir, _raw_t1w(out), _flat_metrics(anat_qc)
+    ),
+    "functional": lambda out, fig_dir, html_dir, anat_qc: _func_sections(out, fig_dir, html_dir),
+}
 
 
 def _flat_metrics(record: dict[str, Any]) -> dict[str, Any]:

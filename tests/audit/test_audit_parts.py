@@ -165,6 +165,30 @@ def test_compare_derivatives_zero_for_equal_outputs_positive_for_changed(tmp_pat
     assert (moved.drop(index="timeseries_corr")["residual"] > 0.01).all()
 
 
+def test_audit_measures_come_from_the_stage_registry(tmp_path, rng, monkeypatch):
+    """Each registered stage's comparison gives the measures its registry entry declares; a
+    stage with measures but no comparison, or a comparison with an undeclared measure, is refused."""
+    from pipeline.audit import _compare
+    from pipeline.workflows.stages import STAGES, Stage
+
+    _derivatives(tmp_path / "ref", rng)
+    table = compare_derivatives(tmp_path / "ref", tmp_path / "ref", "01")
+    for stage, rows in table.groupby("stage"):
+        assert set(rows["measure"]) <= set(STAGES[stage].audit_measures), stage
+    assert set(table["stage"]) == {"anat", "func"}
+    monkeypatch.setitem(
+        _compare.STAGE_COMPARISONS,
+        "anat",
+        lambda *a: [{"output": "x", "measure": "bogus", "value": 0.0, "residual": 0.0}],
+    )
+    with pytest.raises(ValueError, match=r"measures \['bogus'\] are not among"):
+        compare_derivatives(tmp_path / "ref", tmp_path / "ref", "01")
+    dwi = Stage(name="dwi", section="dwi", run=lambda ctx: {}, audit_measures=("fa_rmsd",))
+    monkeypatch.setitem(STAGES, "dwi", dwi)
+    with pytest.raises(ValueError, match="'dwi' declares audit measures"):
+        compare_derivatives(tmp_path / "ref", tmp_path / "ref", "01")
+
+
 def test_summary_table_and_figure(tmp_path):
     for sub, scale in (("01", 1.0), ("02", 2.0)):
         rows = pd.DataFrame(
