@@ -27,6 +27,7 @@ Usage: ``python -m benchmarks.combat [--quick] [--nc-budget-gb 8]``,
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -35,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -95,7 +97,6 @@ def _peak_mb() -> float:
 
 def child(kind: str, data: Path, result: Path) -> None:
     """Run one implementation (in a child process) and print its timing as JSON."""
-    import contextlib
     import io
 
     from neuroCombat import neuroCombat
@@ -103,10 +104,10 @@ def child(kind: str, data: Path, result: Path) -> None:
     from pipeline.gauge import ComBat
 
     site, cov = _covariates(np.load(data, mmap_mode="r").shape[0])
+    report: dict[str, float] = {}
     if kind == "neurocombat":
         X = np.load(data)
-        t0 = time.perf_counter()
-        with contextlib.redirect_stdout(io.StringIO()):
+        with _timed(report), contextlib.redirect_stdout(io.StringIO()):
             res = neuroCombat(
                 X.T,
                 cov.assign(site=site),
@@ -114,27 +115,23 @@ def child(kind: str, data: Path, result: Path) -> None:
                 categorical_cols=["sex"],
                 continuous_cols=["age"],
             )
-        elapsed = time.perf_counter() - t0
         np.save(result, res["data"].T)
     else:
         X = np.load(data, mmap_mode="r")
         out = np.lib.format.open_memmap(result, mode="w+", dtype=np.float64, shape=X.shape)
-        t0 = time.perf_counter()
-        ComBat().fit_transform(X, site, cov, out=out)
-        out.flush()
-        elapsed = time.perf_counter() - t0
-    print(json.dumps({"seconds": elapsed, "peak_mb": _peak_mb()}))
+        with _timed(report):
+            ComBat().fit_transform(X, site, cov, out=out)
+            out.flush()
+    report["peak_mb"] = _peak_mb()
+    print(json.dumps(report))
 
 
-def run_child(kind: str, data: Path, result: Path) -> dict[str, float]:
-    """Start :func:`child` in a fresh interpreter and return its report."""
-    env = {
-        **os.environ,
-        "OMP_NUM_THREADS": "2",
-        "OPENBLAS_NUM_THREADS": "2",
-        "MKL_NUM_THREADS": "2",
-    }
-    cmd = [sys.executable, "-m", "benchmarks.combat", "--child", kind, str(data), str(result)]
+def _run_python(flag: str, kind: str, data: Path, result: Path, threads: int) -> dict[str, float]:
+    """Run ``python -m benchmarks.combat <flag> kind data result`` in a fresh interpreter with
+    ``threads`` BLAS threads and return the JSON report it prints last."""
+    n = str(threads)
+    env = {**os.environ, "OMP_NUM_THREADS": n, "OPENBLAS_NUM_THREADS": n, "MKL_NUM_THREADS": n}
+    cmd = [sys.executable, "-m", "benchmarks.combat", flag, kind, str(data), str(result)]
     proc = subprocess.run(
         cmd,
         capture_output=True,
@@ -145,7 +142,20 @@ def run_child(kind: str, data: Path, result: Path) -> dict[str, float]:
     )
     if proc.returncode != 0:
         raise RuntimeError(f"{kind} child failed ({proc.returncode}): {proc.stderr[-2000:]}")
-    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@contextlib.contextmanager
+def _timed(report: dict[str, float]) -> Iterator[None]:
+    """Store the wall time of the ``with`` body in ``report["seconds"]``."""
+    t0 = time.perf_counter()
+    yield
+    report["seconds"] = time.perf_counter() - t0
+
+
+def run_child(kind: str, data: Path, result: Path) -> dict[str, float]:
+    """Start :func:`child` in a fresh interpreter and return its report."""
+    report = _run_python("--child", kind, data, result, threads=2)
     log.info("%s on %s: %.1f s, %.0f MB", kind, data.name, report["seconds"], report["peak_mb"])
     return report
 
@@ -300,10 +310,9 @@ def scaling_child(kind: str, data: Path, result: Path) -> None:
     out = np.lib.format.open_memmap(result, mode="w+", dtype=np.float32, shape=X.shape)
     report: dict[str, float] = {}
     if kind == "streaming":
-        t0 = time.perf_counter()
-        ComBat().fit_transform(X, site, cov, out=out)
-        out.flush()
-        report["seconds"] = time.perf_counter() - t0
+        with _timed(report):
+            ComBat().fit_transform(X, site, cov, out=out)
+            out.flush()
         report["client_mb"] = report["worker_mb"] = _peak_mb()
     else:
         from distributed import Client, LocalCluster
@@ -321,10 +330,9 @@ def scaling_child(kind: str, data: Path, result: Path) -> None:
             ) as cluster,
             Client(cluster) as client,
         ):
-            t0 = time.perf_counter()
-            model = fit_mapreduce(ComBat(), X, site, cov, client=client)
-            transform_mapreduce(model, X, site, cov, out=out, client=client)
-            report["seconds"] = time.perf_counter() - t0
+            with _timed(report):
+                model = fit_mapreduce(ComBat(), X, site, cov, client=client)
+                transform_mapreduce(model, X, site, cov, out=out, client=client)
             workers = client.run(_peak_mb)
         report["client_mb"] = _peak_mb()
         report["worker_mb"] = max(workers.values())
@@ -332,35 +340,10 @@ def scaling_child(kind: str, data: Path, result: Path) -> None:
 
 
 def run_scaling_child(kind: str, data: Path, result: Path) -> dict[str, float]:
-    """Start :func:`scaling_child` in a fresh interpreter (1 BLAS thread per process)."""
-    env = {
-        **os.environ,
-        "OMP_NUM_THREADS": "1",
-        "OPENBLAS_NUM_THREADS": "1",
-        "MKL_NUM_THREADS": "1",
-    }
-    if kind == "streaming":
-        env.update(OMP_NUM_THREADS="2", OPENBLAS_NUM_THREADS="2", MKL_NUM_THREADS="2")
-    cmd = [
-        sys.executable,
-        "-m",
-        "benchmarks.combat",
-        "--scaling-child",
-        kind,
-        str(data),
-        str(result),
-    ]
-    proc = subprocess.run(
-        cmd,
-        capture_output=True,
-        text=True,
-        env=env,
-        check=False,
-        cwd=Path(__file__).resolve().parents[1],
-    )
-    if proc.returncode != 0:
-        raise RuntimeError(f"{kind} child failed ({proc.returncode}): {proc.stderr[-2000:]}")
-    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    """Start :func:`scaling_child` in a fresh interpreter (1 BLAS thread per process, 2 for the
+    one streaming process)."""
+    threads = 2 if kind == "streaming" else 1
+    report = _run_python("--scaling-child", kind, data, result, threads)
     log.info(
         "%s on %s: %.1f s, client %.0f MB, worker %.0f MB",
         kind,
