@@ -46,7 +46,7 @@ from pipeline.gauge._design import CovariateEncoding, check_batch, site_index, s
 from pipeline.gauge._errors import CovariateError, HarmonizationError
 from pipeline.gauge._mapreduce import BLOCK_BYTES, site_moments
 from pipeline.gauge._moments import SiteMoments, add_sites_from_moments, fit_from_moments
-from pipeline.io import atomic_path, read_json, write_json
+from pipeline.gauge._persist import read_checked, write_checked
 
 log = logging.getLogger(__name__)
 
@@ -119,56 +119,27 @@ class SiteStatistics:
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the arrays to ``path`` (``.npz``) and a JSON sidecar beside it, atomically."""
-        path = Path(path)
-        if path.suffix != ".npz":
-            path = path.with_name(path.name + ".npz")
         arrays = {f"s{k}_{f}": getattr(m, f) for k, m in enumerate(self.moments) for f in _FIELDS}
-        buf = io.BytesIO()
-        np.savez_compressed(buf, **arrays)
-        data = buf.getvalue()
-        with atomic_path(path) as tmp:
-            tmp.write_bytes(data)
-        write_json(
-            path.with_suffix(".json"),
-            {
-                "format": FORMAT,
-                "format_version": FORMAT_VERSION,
-                "symprep_version": pipeline.__version__,
-                "sites": [
-                    {"label": s, "n": m.n} for s, m in zip(self.sites, self.moments, strict=True)
-                ],
-                "covariates": self.encoding.to_json(),
-                "columns": self.columns,
-                "n_features": self.n_features,
-                "feature_hash": self.feature_hash,
-                "arrays_sha256": hashlib.sha256(data).hexdigest(),
-                "contains": "per-site counts, feature means, within-site sums of squares and "
-                "covariate cross-products; no subject values (see pipeline.gauge._distributed)",
-            },
-        )
-        return path
+        sidecar = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "symprep_version": pipeline.__version__,
+            "sites": [
+                {"label": s, "n": m.n} for s, m in zip(self.sites, self.moments, strict=True)
+            ],
+            "covariates": self.encoding.to_json(),
+            "columns": self.columns,
+            "n_features": self.n_features,
+            "feature_hash": self.feature_hash,
+            "contains": "per-site counts, feature means, within-site sums of squares and "
+            "covariate cross-products; no subject values (see pipeline.gauge._distributed)",
+        }
+        return write_checked(path, arrays, sidecar, compressed=True)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> SiteStatistics:
         """Read a file written by :meth:`save`, checking its format and integrity."""
-        path = Path(path)
-        sidecar = path.with_suffix(".json")
-        if not path.is_file():
-            raise HarmonizationError("site-statistics file does not exist", path)
-        if not sidecar.is_file():
-            raise HarmonizationError(f"site-statistics sidecar {sidecar.name} is missing", path)
-        meta = read_json(sidecar)
-        if meta.get("format") != FORMAT:
-            raise HarmonizationError("sidecar is not a symprep site-statistics file", sidecar)
-        if meta.get("format_version") != FORMAT_VERSION:
-            raise HarmonizationError(
-                f"site-statistics format version {meta.get('format_version')} is not supported "
-                f"(this symprep reads version {FORMAT_VERSION})",
-                path,
-            )
-        data = path.read_bytes()
-        if hashlib.sha256(data).hexdigest() != meta["arrays_sha256"]:
-            raise HarmonizationError("arrays do not match the SHA-256 in the sidecar", path)
+        meta, data = read_checked(path, FORMAT, FORMAT_VERSION, "site-statistics")
         moments = []
         with np.load(io.BytesIO(data)) as arrays:
             for k, site in enumerate(meta["sites"]):

@@ -1,5 +1,9 @@
 """Save and load fitted :class:`~pipeline.gauge.ComBat` models: NPZ arrays + a JSON sidecar.
 
+:func:`write_checked` and :func:`read_checked` are the file layout both the models and the
+distributed site-statistics files (:mod:`._distributed`) use: an NPZ written atomically, and a
+sidecar naming its format and version and the NPZ's SHA-256, checked on reading.
+
 ``model.npz`` holds the per-feature arrays; ``model.json`` holds what a person or a later run
 needs to check the model applies: format version, symprep version, parameters, site list (and
 which sites were added later), subjects per site, covariate encoding, number of features, the
@@ -26,8 +30,9 @@ from pipeline.io import atomic_path, read_json, write_json
 if TYPE_CHECKING:  # the model class is passed in: this module never imports it (no cycle)
     from pipeline.gauge._combat import ComBat
 
-#: version of the on-disk layout; bump when arrays or sidecar keys change meaning
-FORMAT_VERSION = 1
+#: the sidecar's format name, and the version of the on-disk layout (bump when arrays or sidecar
+#: keys change meaning)
+FORMAT, FORMAT_VERSION = "symprep-combat", 1
 _ARRAYS = (
     "beta_",
     "grand_mean_",
@@ -53,21 +58,73 @@ def sidecar_path(path: str | os.PathLike[str]) -> Path:
     return Path(path).with_suffix(".json")
 
 
+def npz_path(path: str | os.PathLike[str]) -> Path:
+    """``path`` with ``.npz`` appended unless it already ends so."""
+    path = Path(path)
+    return path if path.suffix == ".npz" else path.with_name(path.name + ".npz")
+
+
+def write_checked(
+    path: str | os.PathLike[str],
+    arrays: dict[str, np.ndarray],
+    sidecar: dict[str, Any],
+    compressed: bool = False,
+) -> Path:
+    """Write ``arrays`` to ``path`` (NPZ, atomically) and ``sidecar`` (with the NPZ's SHA-256
+    added as ``arrays_sha256``) beside it; return the NPZ path."""
+    path = npz_path(path)
+    buf = io.BytesIO()
+    (np.savez_compressed if compressed else np.savez)(buf, **arrays)
+    data = buf.getvalue()
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    write_json(sidecar_path(path), {**sidecar, "arrays_sha256": hashlib.sha256(data).hexdigest()})
+    return path
+
+
+def read_checked(
+    path: str | os.PathLike[str], fmt: str, version: int, what: str
+) -> tuple[dict[str, Any], bytes]:
+    """The sidecar and the NPZ bytes of a file :func:`write_checked` wrote, after checking that
+    both exist, that the sidecar's ``format`` is ``fmt`` at ``version``, and the SHA-256.
+
+    Parameters
+    ----------
+    path : path-like
+        The NPZ file.
+    fmt, version : str, int
+        Expected ``format`` and ``format_version`` of the sidecar.
+    what : str
+        What the file holds, for the messages (e.g. ``"ComBat model"``).
+    """
+    path = Path(path)
+    sidecar = sidecar_path(path)
+    if not path.is_file():
+        raise HarmonizationError(f"{what} file does not exist", path)
+    if not sidecar.is_file():
+        raise HarmonizationError(f"{what} sidecar {sidecar.name} is missing", path)
+    meta: dict[str, Any] = read_json(sidecar)
+    if meta.get("format") != fmt:
+        raise HarmonizationError(f"sidecar is not a symprep {what} file", sidecar)
+    if meta.get("format_version") != version:
+        raise HarmonizationError(
+            f"{what} format version {meta.get('format_version')} is not supported "
+            f"(this symprep reads version {version})",
+            path,
+        )
+    data = path.read_bytes()
+    if hashlib.sha256(data).hexdigest() != meta.get("arrays_sha256"):
+        raise HarmonizationError("arrays do not match the SHA-256 in the sidecar", path)
+    return meta, data
+
+
 def save_model(model: ComBat, path: str | os.PathLike[str]) -> Path:
     """Write ``model`` to ``path`` (NPZ, ``.npz`` appended if missing) and its sidecar."""
     from sklearn.utils.validation import check_is_fitted
 
     check_is_fitted(model, "gamma_star_")
-    path = Path(path)
-    if path.suffix != ".npz":
-        path = path.with_name(path.name + ".npz")
-    buf = io.BytesIO()
-    np.savez(buf, **{k.rstrip("_"): getattr(model, k) for k in _ARRAYS})
-    data = buf.getvalue()
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
     sidecar = {
-        "format": "symprep-combat",
+        "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "symprep_version": pipeline.__version__,
         "params": {k: getattr(model, k) for k in _PARAMS},
@@ -79,30 +136,15 @@ def save_model(model: ComBat, path: str | os.PathLike[str]) -> Path:
         "covariate_encoding": model.encoding_.to_json(),
         "n_features": int(model.n_features_in_),
         "feature_mask_hash": model.feature_mask_hash_,
-        "arrays_sha256": hashlib.sha256(data).hexdigest(),
     }
-    write_json(sidecar_path(path), sidecar)
-    return path
+    arrays = {k.rstrip("_"): getattr(model, k) for k in _ARRAYS}
+    return write_checked(path, arrays, sidecar)
 
 
 def load_model(path: str | os.PathLike[str], cls: type[ComBat]) -> ComBat:
     """Read a model written by :func:`save_model` into a new ``cls`` (:class:`ComBat`),
     checking its version and integrity. ``ComBat.load(path)`` is the usual way in."""
-    path = Path(path)
-    if not path.exists():
-        raise HarmonizationError("ComBat model file does not exist", path)
-    meta: dict[str, Any] = read_json(sidecar_path(path))
-    if meta.get("format") != "symprep-combat":
-        raise HarmonizationError("sidecar is not a symprep ComBat model", sidecar_path(path))
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise HarmonizationError(
-            f"model format version {meta.get('format_version')} is not supported "
-            f"(this symprep reads version {FORMAT_VERSION})",
-            path,
-        )
-    data = path.read_bytes()
-    if hashlib.sha256(data).hexdigest() != meta["arrays_sha256"]:
-        raise HarmonizationError("arrays do not match the SHA-256 in the sidecar", path)
+    meta, data = read_checked(path, FORMAT, FORMAT_VERSION, "ComBat model")
     model = cls(**meta["params"])
     with np.load(io.BytesIO(data)) as arrays:
         for key in _ARRAYS:
