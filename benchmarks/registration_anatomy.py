@@ -4,7 +4,7 @@ r"""Registration of subjects whose anatomy differs from the template, against th
 subject is built with the demo generator's machinery (:mod:`pipeline.data.demo`): a random
 diffeomorphism :math:`\varphi = \exp(v)` of the 2 mm template (``velocity_field``,
 ``displacement_from_velocity``), a head pose drawn uniformly from SO(3) with a translation uniform
-in ±15 mm (``pose_matrix`` about the brain centre), and a site gauge (``site_gauges``: storage
+in ±15 mm (``pipeline.anat.synthetic.rigid_about`` about the brain centre), and a site gauge (``site_gauges``: storage
 orientation RAS/LPS/permuted, gain, monotone contrast exponent, bias field, Rician noise) with the
 voxel size set to 2 mm; ``generate_t1w`` samples the image. Half of the subjects carry the demo's
 planted atrophy (``subject_template_t1w``).
