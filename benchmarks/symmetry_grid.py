@@ -6,7 +6,9 @@ does not depend on pose: a planted local grey-matter atrophy (left medial tempor
 template space) in half of the synthetic subjects.
 
 Synthetic subjects are built here from the MNI152 2009a template nilearn ships
-(:func:`pipeline.data.templates.load_template`), independently of the demo BIDS generator:
+(:func:`pipeline.data.templates.load_template`), with the demo generator's planted atrophy
+(:func:`pipeline.data.demo.planted_atrophy`, wider) and brain centre, sampled in batches on the
+model's cube:
 
 - anatomy: a smooth random displacement field :math:`d` (Gaussian-filtered noise on a coarse
   grid, amplitude ``warp_mm``), so the subject's image is the template at :math:`q + d(q)`;
@@ -70,8 +72,6 @@ ARMS = ("cnn", "cnn_aug", "octahedral", "steerable", "relaxed")
 ARM_CHOICES = (*ARMS, "relaxed_free")
 #: test volumes each cell's epsilon is measured on
 EPSILON_VOLUMES = 8
-#: planted effect: centre in MNI mm (left medial temporal lobe), Gaussian sigma (mm)
-EFFECT_CENTRE_MM = (-26.0, -22.0, -14.0)
 
 
 @dataclass
@@ -137,22 +137,23 @@ SCALES = {
 @functools.lru_cache(maxsize=2)
 def _template_arrays(voxel_mm: float, sigma_mm: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Template T1w (z-scored in the brain, 0 outside), atrophy map, brain centre (index),
-    blurred so that sampling them at ``voxel_mm`` does not alias."""
+    blurred so that sampling them at ``voxel_mm`` does not alias.
+
+    The atrophy map and the brain centre are the demo generator's
+    (:func:`pipeline.data.demo.planted_atrophy` at the demo's centre, with ``sigma_mm``, and
+    :func:`pipeline.data.demo.brain_centre`): one definition of the planted effect.
+    """
     from scipy import ndimage
 
+    from pipeline.data.demo import brain_centre, planted_atrophy
     from pipeline.data.templates import load_template
 
     tpl = load_template(2)
     t1 = tpl.t1w.get_fdata().astype(np.float32)
     mask = tpl.mask.get_fdata() > 0
-    gm = tpl.gm.get_fdata().astype(np.float32)
     t1 = np.where(mask, (t1 - t1[mask].mean()) / t1[mask].std(), 0.0).astype(np.float32)
-    centre_idx = np.argwhere(mask).mean(0)
-    # atrophy profile: GM × Gaussian bump around the effect centre (world mm -> index)
-    ijk = np.linalg.solve(tpl.t1w.affine, np.r_[EFFECT_CENTRE_MM, 1.0])[:3]
-    grid = np.stack(np.meshgrid(*[np.arange(n) for n in t1.shape], indexing="ij"), -1)
-    dist2 = (((grid - ijk) * 2.0) ** 2).sum(-1)
-    bump = (gm * np.exp(-dist2 / (2 * sigma_mm**2))).astype(np.float32)
+    centre_idx = np.linalg.solve(tpl.mask.affine, np.r_[brain_centre(tpl), 1.0])[:3]
+    bump = planted_atrophy(tpl, sigma_mm=sigma_mm).astype(np.float32)
     factor = voxel_mm / 2.0  # template voxels are 2 mm
     if factor > 1:
         sigma = 0.5 * math.sqrt(factor**2 - 1)

@@ -1,4 +1,15 @@
-r"""Posed copies of an image with known ground truth (for tests and benchmarks).
+r"""The phantom maker: posed copies of an image with known ground truth, and a small tissue phantom
+(for tests and benchmarks).
+
+- :func:`rigid_about` and :func:`random_rigid`: the rigid maps (the demo's head poses, too);
+- :func:`pose_image`: an image resampled through a rigid map into a fresh grid, with a monotone
+  gauge (the :mod:`pipeline.symmetry` actions :class:`~pipeline.symmetry.MonotoneContrast` and
+  :class:`~pipeline.symmetry.Gain`) and a smooth bias;
+- :func:`tissue_phantom`: an ellipsoid "brain" (CSF shell, GM layer, WM core) that stands in for
+  the template where a test needs no real anatomy.
+
+The template-based anatomy (warps, the planted atrophy) is the demo generator's,
+:mod:`pipeline.data.demo`.
 
 A rigid map :math:`M` (4×4, RAS mm) taken as *template → subject* defines the subject image
 
@@ -17,6 +28,8 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 from scipy.spatial.transform import Rotation
+
+from pipeline.symmetry import Gain, MonotoneContrast
 
 HeaderLayout = Literal["RAS", "LPS", "permuted"]
 
@@ -95,7 +108,8 @@ def pose_image(
     )
     fg = out > 1e-3 * max(float(data.max()), 1e-12)
     vals = np.clip(out, 0, None)
-    vals = gain * np.power(vals / max(float(vals.max()), 1e-12), gamma) * 100.0 + offset
+    reference = max(float(vals.max()), 1e-12)  # the contrast change keeps the maximum fixed
+    vals = Gain(100.0 * gain / reference)(MonotoneContrast(gamma, reference)(vals)) + offset
     if bias and rng is not None:
         field = ndimage.gaussian_filter(
             rng.standard_normal(tuple(shape)), sigma=40.0 / vs, mode="wrap"
@@ -120,6 +134,42 @@ def pose_image(
     result.set_qform(out_affine, code=1)
     result.set_sform(out_affine, code=1)
     return result
+
+
+def tissue_phantom(
+    shape: tuple[int, int, int] = (20, 24, 20), shift: float = 0.0
+) -> dict[str, np.ndarray]:
+    """An ellipsoid "brain": CSF shell, GM layer, WM core, with T1w-like intensities.
+
+    Parameters
+    ----------
+    shape : tuple of int, default=(20, 24, 20)
+        Grid shape; the ellipsoid fills the cube :math:`[-1, 1]^3` spanned by the grid.
+    shift : float, default=0.0
+        Displacement of the ellipsoid along the first axis (in units of the half-width).
+
+    Returns
+    -------
+    dict
+        ``t1w`` (CSF 100, GM 400, WM 700, partial volumes in between), ``mask`` (uint8 brain),
+        and the partial-volume maps ``gm``, ``wm``, ``csf`` in [0, 1].
+
+    Examples
+    --------
+    >>> p = tissue_phantom((12, 12, 12))
+    >>> sorted(p)
+    ['csf', 'gm', 'mask', 't1w', 'wm']
+    >>> bool(p["t1w"][6, 6, 6] > p["t1w"][6, 6, 1])  # WM core brighter than the shell
+    True
+    """
+    x, y, z = np.stack(np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij"))
+    r = np.sqrt(((x - shift) / 0.8) ** 2 + (y / 0.85) ** 2 + (z / 0.75) ** 2)
+    wm = np.clip((0.55 - r) / 0.1 + 0.5, 0, 1)
+    brain = np.clip((0.9 - r) / 0.1 + 0.5, 0, 1)
+    gm = np.clip(np.clip((0.8 - r) / 0.1 + 0.5, 0, 1) - wm, 0, 1)
+    csf = np.clip(brain - wm - gm, 0, 1)
+    t1 = 100 * csf + 400 * gm + 700 * wm
+    return {"t1w": t1, "mask": (brain > 0.5).astype(np.uint8), "gm": gm, "wm": wm, "csf": csf}
 
 
 def displacement_error(estimated: np.ndarray, truth: np.ndarray, points: np.ndarray) -> float:

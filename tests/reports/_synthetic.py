@@ -13,7 +13,9 @@ import nibabel as nib  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from pipeline.anat.synthetic import tissue_phantom  # noqa: E402
 from pipeline.data.templates import Template  # noqa: E402
+from pipeline.symmetry import BiasField  # noqa: E402
 
 SHAPE = (20, 24, 20)
 VOXEL = 8.0
@@ -28,21 +30,21 @@ def _affine(voxel: float = VOXEL, shape=SHAPE) -> np.ndarray:
     return aff
 
 
-def _grid(shape=SHAPE) -> np.ndarray:
-    axes = [np.linspace(-1, 1, n) for n in shape]
-    return np.stack(np.meshgrid(*axes, indexing="ij"))
-
-
 def phantom(shift: float = 0.0, shape=SHAPE) -> dict[str, np.ndarray]:
-    """Ellipsoid 'brain': CSF shell, GM layer, WM core; T1w-like intensities."""
-    x, y, z = _grid(shape)
-    r = np.sqrt(((x - shift) / 0.8) ** 2 + (y / 0.85) ** 2 + (z / 0.75) ** 2)
-    wm = np.clip((0.55 - r) / 0.1 + 0.5, 0, 1)
-    brain = np.clip((0.9 - r) / 0.1 + 0.5, 0, 1)
-    gm = np.clip(np.clip((0.8 - r) / 0.1 + 0.5, 0, 1) - wm, 0, 1)
-    csf = np.clip(brain - wm - gm, 0, 1)
-    t1 = 100 * csf + 400 * gm + 700 * wm
-    return {"t1w": t1, "mask": (brain > 0.5).astype(np.uint8), "gm": gm, "wm": wm, "csf": csf}
+    """The library's tissue phantom (:func:`pipeline.anat.synthetic.tissue_phantom`) on ``shape``."""
+    return tissue_phantom(shape, shift)
+
+
+#: the bias field planted in the raw T1w: :class:`pipeline.symmetry.BiasField`, the nuisance the
+#: audit applies, :math:`\exp(0.3\,x)` with :math:`x \in [-1, 1]` across the first axis
+PLANTED_BIAS = BiasField(
+    (0.3 * 100.0 / (0.5 * VOXEL * (SHAPE[0] - 1)), 0, 0, 0, 0, 0, 0, 0, 0), (VOXEL,) * 3
+)
+
+
+def planted_bias() -> np.ndarray:
+    """The multiplicative field of :data:`PLANTED_BIAS` on the phantom's grid."""
+    return PLANTED_BIAS.field(SHAPE)
 
 
 def small_template() -> Template:
@@ -200,8 +202,7 @@ def make_bids(bids: Path, raw: dict[str, np.ndarray]) -> None:
         f"sub-{s}\t{SITES[s]}\t{20 + i}" for i, s in enumerate(SUBJECTS)
     ]
     (bids / "participants.tsv").write_text("\n".join(rows) + "\n")
-    x, _, _ = _grid()
-    bias = np.exp(0.3 * x)
+    bias = planted_bias()
     for sub, t1 in raw.items():
         _save(t1 * bias, bids / f"sub-{sub}" / "anat" / f"sub-{sub}_T1w.nii.gz")
 
