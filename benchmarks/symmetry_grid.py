@@ -47,10 +47,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F  # noqa: N812
 from torch.utils.data import TensorDataset
 
 from benchmarks._results import machine_line, write_section
+from pipeline.anat.synthetic import cube_points, sample_template, smooth_displacement
 from pipeline.models import build_model, n_parameters
 from pipeline.models.options import ModelOptions
 from pipeline.models.training import fit, seed_everything, select_device
@@ -191,12 +191,6 @@ def _template_tensors(voxel_mm: float, sigma_mm: float, device: torch.device):
     return to(t1), to(bump), centre
 
 
-def _smooth_field(g: torch.Generator, n: int, side: int, amp_mm: float, device) -> torch.Tensor:
-    """Smooth random displacement fields (n, 3, side, side, side) in mm, from 5³ coarse noise."""
-    coarse = torch.randn(n, 3, 5, 5, 5, generator=g).to(device) * amp_mm
-    return F.interpolate(coarse, size=(side,) * 3, mode="trilinear", align_corners=True)
-
-
 def make_inputs(scale: Scale, n: int, seed: int, device: torch.device) -> tuple[dict, torch.Tensor]:
     """Volumes of ``n`` subjects for every input kind (``{kind: (n, 1, N, N, N)}``) and labels."""
     t1, bump, centre = _template_tensors(scale.voxel_mm, scale.effect_sigma_mm, device)
@@ -204,9 +198,8 @@ def make_inputs(scale: Scale, n: int, seed: int, device: torch.device) -> tuple[
     rng = np.random.default_rng(seed)
     labels = torch.tensor(rng.permutation(np.arange(n) % 2), dtype=torch.long)
     N, h = scale.side, scale.voxel_mm
-    axis = (torch.arange(N, dtype=torch.float32, device=device) - (N - 1) / 2) * h
-    p = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), -1)  # output points, mm
-    warp = _smooth_field(g, n, N, scale.warp_mm, device)
+    p = cube_points(N, h, device)  # output points, mm
+    warp = smooth_displacement(g, n, N, scale.warp_mm, device)
     small = [
         axis_angle_matrix(rng.standard_normal(3), np.deg2rad(rng.uniform(0, 8))) for _ in range(n)
     ]
@@ -218,8 +211,6 @@ def make_inputs(scale: Scale, n: int, seed: int, device: torch.device) -> tuple[
     }
     gain = torch.exp(0.1 * torch.randn(n, generator=g)).to(device)
     noise = torch.randn(n, 1, N, N, N, generator=g).to(device) * scale.noise
-    shape = torch.tensor(t1.shape[-3:], dtype=torch.float32, device=device)
-    c = torch.as_tensor(centre, dtype=torch.float32, device=device)
     out = {}
     for kind, (R, t) in poses.items():
         Rt = torch.as_tensor(np.array(R), dtype=torch.float32, device=device)
@@ -227,13 +218,10 @@ def make_inputs(scale: Scale, n: int, seed: int, device: torch.device) -> tuple[
         q = torch.einsum("bji,bxyzj->bxyzi", Rt, p[None] - tt[:, None, None, None])  # R^T (p - t)
         amp = 1.0 if kind.startswith("native") else scale.residual
         q = q + amp * warp.permute(0, 2, 3, 4, 1)  # anatomy (the field is smooth; sampled at p)
-        idx = c + q / 2.0  # template voxels are 2 mm
-        grid = (2 * idx / (shape - 1) - 1).flip(-1)
         imgs = []
         for b in range(n):
             strength = scale.effect_strength * float(labels[b])
-            src = t1 - strength * bump
-            imgs.append(F.grid_sample(src, grid[b : b + 1], align_corners=True))
+            imgs.append(sample_template(t1 - strength * bump, centre, q[b : b + 1]))
         x = torch.cat(imgs) * gain[:, None, None, None, None]
         out[kind] = (x + noise * (x != 0)).cpu()
     return out, labels

@@ -6,7 +6,9 @@ r"""The phantom maker: posed copies of an image with known ground truth, and a s
   gauge (the :mod:`pipeline.symmetry` actions :class:`~pipeline.symmetry.MonotoneContrast` and
   :class:`~pipeline.symmetry.Gain`) and a smooth bias;
 - :func:`tissue_phantom`: an ellipsoid "brain" (CSF shell, GM layer, WM core) that stands in for
-  the template where a test needs no real anatomy.
+  the template where a test needs no real anatomy;
+- :func:`cube_points`, :func:`smooth_displacement`, :func:`sample_template`: batches of template
+  volumes warped and posed onto a model's cube with one interpolation (the benchmarks' cohorts).
 
 The template-based anatomy (warps, the planted atrophy) is the demo generator's,
 :mod:`pipeline.data.demo`.
@@ -26,6 +28,8 @@ from typing import Literal
 
 import nibabel as nib
 import numpy as np
+import torch
+import torch.nn.functional as F  # noqa: N812
 from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
@@ -170,6 +174,66 @@ def tissue_phantom(
     csf = np.clip(brain - wm - gm, 0, 1)
     t1 = 100 * csf + 400 * gm + 700 * wm
     return {"t1w": t1, "mask": (brain > 0.5).astype(np.uint8), "gm": gm, "wm": wm, "csf": csf}
+
+
+def cube_points(
+    side: int, voxel_mm: float, device: torch.device | str | None = None
+) -> torch.Tensor:
+    """Physical positions (mm) of a ``side``³ cube of ``voxel_mm`` voxels centred on the origin,
+    shape ``(side, side, side, 3)``, along the array axes.
+
+    Examples
+    --------
+    >>> p = cube_points(3, 4.0)
+    >>> tuple(p.shape), p[0, 0, 0].tolist(), p[1, 1, 1].tolist()
+    ((3, 3, 3, 3), [-4.0, -4.0, -4.0], [0.0, 0.0, 0.0])
+    """
+    axis = (torch.arange(side, dtype=torch.float32, device=device) - (side - 1) / 2) * voxel_mm
+    return torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), -1)
+
+
+def smooth_displacement(
+    generator: torch.Generator,
+    n: int,
+    side: int,
+    amplitude_mm: float,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """Smooth random displacement fields ``(n, 3, side, side, side)`` in mm: Gaussian noise of
+    ``amplitude_mm`` on a 5³ grid spanning the cube, upsampled trilinearly."""
+    coarse = torch.randn(n, 3, 5, 5, 5, generator=generator).to(device) * amplitude_mm
+    return F.interpolate(coarse, size=(side,) * 3, mode="trilinear", align_corners=True)
+
+
+def sample_template(
+    source: torch.Tensor,
+    centre_index: np.ndarray | torch.Tensor,
+    points_mm: torch.Tensor,
+    template_voxel_mm: float = 2.0,
+) -> torch.Tensor:
+    """Sample template-grid volumes at template points, trilinearly (zero outside).
+
+    Parameters
+    ----------
+    source : Tensor of shape (B, C, X, Y, Z)
+        Volumes on the template grid (axis-aligned, ``template_voxel_mm`` voxels).
+    centre_index : array of shape (3,)
+        Voxel index of the point that ``points_mm`` measure from (the brain centre).
+    points_mm : Tensor of shape (B, ..., 3)
+        Template points in mm from that centre, along the array axes (e.g. :func:`cube_points`
+        moved by a pose and a :func:`smooth_displacement`).
+    template_voxel_mm : float, default=2.0
+        The template's voxel size.
+
+    Returns
+    -------
+    Tensor of shape (B, C, ...)
+    """
+    shape = torch.tensor(source.shape[-3:], dtype=torch.float32, device=points_mm.device)
+    c = torch.as_tensor(centre_index, dtype=torch.float32, device=points_mm.device)
+    idx = c + points_mm / template_voxel_mm
+    grid = (2 * idx / (shape - 1) - 1).flip(-1)
+    return F.grid_sample(source, grid, align_corners=True)
 
 
 def displacement_error(estimated: np.ndarray, truth: np.ndarray, points: np.ndarray) -> float:
