@@ -4,7 +4,7 @@ r"""The phantom maker: posed copies of an image with known ground truth, and a s
 - :func:`rigid_about` and :func:`random_rigid`: the rigid maps (the demo's head poses, too);
 - :func:`pose_image`: an image resampled through a rigid map into a fresh grid, with a monotone
   gauge (the :mod:`pipeline.symmetry` actions :class:`~pipeline.symmetry.MonotoneContrast` and
-  :class:`~pipeline.symmetry.Gain`) and a smooth bias;
+  :class:`~pipeline.symmetry.Gain`) and a smooth bias (:class:`~pipeline.symmetry.BiasField`);
 - :func:`tissue_phantom`: an ellipsoid "brain" (CSF shell, GM layer, WM core) that stands in for
   the template where a test needs no real anatomy;
 - :func:`cube_points`, :func:`smooth_displacement`, :func:`sample_template`: batches of template
@@ -33,7 +33,7 @@ import torch.nn.functional as F  # noqa: N812
 from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
-from pipeline.symmetry import Gain, MonotoneContrast
+from pipeline.symmetry import BiasField, Gain, MonotoneContrast
 
 HeaderLayout = Literal["RAS", "LPS", "permuted"]
 
@@ -82,9 +82,11 @@ def pose_image(
     gamma, gain, offset : float
         Monotone gauge :math:`g(v) = \\text{gain}\\cdot v^\\gamma + \\text{offset}` on foreground voxels.
     bias : float, default=0.0
-        Amplitude of a smooth multiplicative bias field ``exp(bias * smooth noise)``.
+        Size of a smooth multiplicative bias field: a :class:`pipeline.symmetry.BiasField` at
+        the output's world positions (fixed to the scanner, as the demo's sites' are) with
+        coefficients drawn from :math:`N(0, (0.4\\,\\text{bias})^2)` (0.3 gives the demo's 0.12).
     rng : numpy Generator, optional
-        Source of the bias field.
+        Source of the bias coefficients.
     pad_mm : float, default=10.0
         Margin around the moved bounding box of the image's foreground.
     """
@@ -115,11 +117,10 @@ def pose_image(
     reference = max(float(vals.max()), 1e-12)  # the contrast change keeps the maximum fixed
     vals = Gain(100.0 * gain / reference)(MonotoneContrast(gamma, reference)(vals)) + offset
     if bias and rng is not None:
-        field = ndimage.gaussian_filter(
-            rng.standard_normal(tuple(shape)), sigma=40.0 / vs, mode="wrap"
-        )
-        field /= max(float(np.abs(field).max()), 1e-12)
-        vals = vals * np.exp(bias * field)
+        ijk = np.indices(tuple(shape), dtype=np.float64).reshape(3, -1)
+        world = (out_affine[:3, :3] @ ijk + out_affine[:3, 3:4]).reshape(3, *shape)
+        coefficients = rng.normal(0.0, 0.4 * bias, size=9)
+        vals = vals * BiasField(tuple(coefficients)).field_at(world)
     out = np.where(fg, vals, 0.0).astype(np.float32)
     if layout == "LPS":
         out = out[::-1, ::-1, :]
