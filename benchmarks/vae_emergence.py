@@ -63,6 +63,7 @@ import torch.nn.functional as F  # noqa: N812
 from torch.utils.data import TensorDataset
 
 from benchmarks._results import machine_line, write_section
+from pipeline.anat.synthetic import cube_points, sample_template, smooth_displacement
 from pipeline.models import build_model
 from pipeline.models.options import ModelOptions
 from pipeline.models.training import TrainingTask, run_training, seed_everything
@@ -199,12 +200,13 @@ def _template(voxel_mm: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     and the brain centre (index)."""
     from scipy import ndimage
 
+    from pipeline.data.demo import brain_centre
     from pipeline.data.templates import load_template
 
     tpl = load_template(2)
     mask = (tpl.mask.get_fdata() > 0).astype(np.float32)
     t1 = tpl.t1w.get_fdata().astype(np.float32) * mask
-    centre = np.argwhere(mask > 0).mean(0)
+    centre = np.linalg.solve(tpl.mask.affine, np.r_[brain_centre(tpl), 1.0])[:3]
     factor = voxel_mm / 2.0
     if factor > 1:
         sigma = 0.5 * math.sqrt(factor**2 - 1)
@@ -229,16 +231,11 @@ def make_cohort(scale: Scale, n: int, seed: int) -> Cohort:
     rng = np.random.default_rng(seed)
     g = torch.Generator().manual_seed(seed)
     N, h = scale.side, scale.voxel_mm
-    axis = (torch.arange(N, dtype=torch.float32) - (N - 1) / 2) * h
-    p = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), -1)  # mm about the centre
-    coarse = torch.randn(n, 3, 5, 5, 5, generator=g) * scale.warp_mm
-    warp = F.interpolate(coarse, size=(N,) * 3, mode="trilinear", align_corners=True)
+    p = cube_points(N, h)  # mm about the centre
+    warp = smooth_displacement(g, n, N, scale.warp_mm)
     q = p[None] + warp.permute(0, 2, 3, 4, 1)
-    shape = torch.tensor(t1.shape, dtype=torch.float32)
-    idx = torch.as_tensor(centre, dtype=torch.float32) + q / 2.0  # template voxels are 2 mm
-    grid = (2 * idx / (shape - 1) - 1).flip(-1)
     src = torch.as_tensor(np.stack([t1, mask]))[None].expand(n, -1, -1, -1, -1)
-    sampled = F.grid_sample(src, grid, align_corners=True)
+    sampled = sample_template(src, centre, q)
     anat, fg = sampled[:, :1], sampled[:, 1:] > 0.5  # fg: the brain, for the reference
     ref = float(torch.quantile(anat[fg], 0.99))
     sites = np.array([f"site{chr(65 + i % scale.sites)}" for i in range(n)])

@@ -33,9 +33,11 @@ import torch.nn.functional as F  # noqa: N812
 from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
-from pipeline.symmetry import BiasField, Gain, MonotoneContrast
+from pipeline.symmetry import BiasField, Gain, MonotoneContrast, reorient_image
 
 HeaderLayout = Literal["RAS", "LPS", "permuted"]
+#: axis codes of each layout's stored array ("permuted": sagittal slices first)
+LAYOUT_CODES: dict[str, str] = {"RAS": "RAS", "LPS": "LPS", "permuted": "SRA"}
 
 
 def random_rigid(rng: np.random.Generator, max_translation: float = 20.0) -> np.ndarray:
@@ -78,7 +80,8 @@ def pose_image(
     voxel_size : float, optional
         Isotropic voxel size of the output; default: that of ``img``.
     layout : {"RAS", "LPS", "permuted"}, default="RAS"
-        How the output array is stored. All layouts describe the same world image.
+        How the output array is stored (:data:`LAYOUT_CODES`, applied by
+        :func:`pipeline.symmetry.reorient_image`). All layouts describe the same world image.
     gamma, gain, offset : float
         Monotone gauge :math:`g(v) = \\text{gain}\\cdot v^\\gamma + \\text{offset}` on foreground voxels.
     bias : float, default=0.0
@@ -122,22 +125,12 @@ def pose_image(
         coefficients = rng.normal(0.0, 0.4 * bias, size=9)
         vals = vals * BiasField(tuple(coefficients)).field_at(world)
     out = np.where(fg, vals, 0.0).astype(np.float32)
-    if layout == "LPS":
-        out = out[::-1, ::-1, :]
-        flip = np.eye(4)
-        flip[0, 0], flip[1, 1] = -1, -1
-        flip[0, 3], flip[1, 3] = shape[0] - 1, shape[1] - 1
-        out_affine = out_affine @ flip
-    elif layout == "permuted":
-        perm = (2, 0, 1)
-        out = np.transpose(out, perm)
-        cols = np.eye(4)
-        cols[:3, :3] = np.eye(3)[:, perm]
-        out_affine = out_affine @ cols
-    result = nib.Nifti1Image(np.ascontiguousarray(out), out_affine)
+    result = nib.Nifti1Image(out, out_affine)
     result.header.set_xyzt_units("mm")
     result.set_qform(out_affine, code=1)
     result.set_sform(out_affine, code=1)
+    if layout != "RAS":  # storage only: pipeline.symmetry's header action, world image unchanged
+        result = reorient_image(result, LAYOUT_CODES[layout])
     return result
 
 
