@@ -22,8 +22,7 @@ import torch
 
 from benchmarks._results import machine_line, write_section
 from pipeline.models import MODEL_NAMES, build_model, n_parameters
-from pipeline.models.device import autocast as _autocast
-from pipeline.models.device import select_device
+from pipeline.models.device import autocast, select_device
 
 logger = logging.getLogger("benchmarks.models_throughput")
 
@@ -36,7 +35,7 @@ def _sync(device: torch.device) -> None:
 def _train_step(model, opt, x, y, device, amp) -> float:
     _sync(device)
     t0 = time.perf_counter()
-    with _autocast(device, amp):
+    with autocast(device, amp):
         loss = torch.nn.functional.cross_entropy(model(x).float(), y)
     if hasattr(model, "symmetry_penalty"):
         loss = loss + model.symmetry_penalty()
@@ -51,7 +50,7 @@ def _train_step(model, opt, x, y, device, amp) -> float:
 def _inference(model, x, device, amp) -> float:
     _sync(device)
     t0 = time.perf_counter()
-    with _autocast(device, amp):
+    with autocast(device, amp):
         model(x)
     _sync(device)
     return time.perf_counter() - t0

@@ -16,7 +16,7 @@ rotations with quintic B-splines and reports, in float64 (:func:`pipeline.symmet
   expected for the invariant models at any size).
 
 Targets (issue 15): ``steerable`` error ≤ 0.05 and ≤ 1/4 of the ``cnn``'s, at 33³ and 48³.
-With ``--train-steps N`` each model is first trained for ``N`` AdamW steps on a synthetic
+With ``--train-steps N`` each model is first trained by the engine (:func:`pipeline.models.training.run_training`) for about ``N`` AdamW steps on a synthetic
 pose-independent task (label: which of two radial profiles the volume was drawn from) and
 measured again. Writes the section ``so3_invariance`` of ``benchmarks/RESULTS.md``.
 """
@@ -26,13 +26,18 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
+import tempfile
 import time
 from pathlib import Path
 
 import torch
+from torch.utils.data import TensorDataset
 
 from benchmarks._results import machine_line, write_section
 from pipeline.models import MODEL_NAMES, build_model
+from pipeline.models.options import ModelOptions
+from pipeline.models.training import TrainingTask, run_training
 from pipeline.symmetry import (
     cube_rotations,
     equivariance_error,
@@ -63,18 +68,27 @@ def _task(n: int, size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _train(model: torch.nn.Module, size: int, steps: int, seed: int) -> float:
+    """Train ``model`` with the project's engine for about ``steps`` AdamW steps (batches of 4 of
+    16 volumes, so ``ceil(steps / 4)`` epochs) on the CPU; return the last epoch's mean loss."""
     x, y = _task(16, size, seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    model.train()
-    for step in range(steps):
-        idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(step))[:4]
-        loss = torch.nn.functional.cross_entropy(model(x[idx]), y[idx])
+
+    def step(model, batch, rng, noise, device, amp):
+        xb, yb = (t.to(device) for t in batch)
+        with amp():
+            loss = torch.nn.functional.cross_entropy(model(xb).float(), yb)
         if hasattr(model, "symmetry_penalty"):
             loss = loss + model.symmetry_penalty()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    return float(loss.detach())
+        return {"loss": loss}
+
+    options = ModelOptions(
+        epochs=max(1, math.ceil(steps / 4)), batch_size=4, learning_rate=3e-3,
+        weight_decay=0.01, seed=seed, device="cpu", amp=False, resume=False, progress=False,
+    )  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp:
+        history, _, _ = run_training(
+            model, TensorDataset(x, y), tmp, options, TrainingTask(step=step)
+        )
+    return float(history[-1]["train_loss"])
 
 
 def measure(

@@ -1,0 +1,218 @@
+"""The supervised task: classification or regression of volumes, with rotation augmentation.
+
+:func:`fit` trains any model from :func:`~pipeline.models.build_model` on two datasets of
+``(volume, target)`` pairs with the engine (:func:`~pipeline.models.training.run_training`) and
+writes into ``out_dir``:
+
+- ``checkpoint.pt``: model, optimizer and scaler state, epoch, history, target scaling (written
+  atomically after every epoch; a rerun with ``resume=True`` continues from it and gives exactly
+  the steps an uninterrupted run would have taken, because shuffling and augmentation are seeded
+  per epoch);
+- ``log.csv``: one row per epoch (losses, metrics, throughput, seconds);
+- ``metrics.json``: the final metrics, parameter count, device and per-epoch history.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from pipeline.errors import ConfigError
+from pipeline.io import write_json
+from pipeline.models._layers import n_parameters
+from pipeline.models.device import autocast
+from pipeline.models.options import ModelOptions
+from pipeline.models.training._engine import (
+    CHECKPOINT,
+    TrainingTask,
+    load_checkpoint,
+    run_training,
+)
+from pipeline.symmetry import cube_rotations, random_rotations, rotate_cube, rotate_volume
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["EPSILON_VOLUMES", "augment_batch", "evaluate", "fit"]
+
+
+def augment_batch(x: torch.Tensor, kind: str, rng: np.random.Generator) -> torch.Tensor:
+    """Rotate each volume of ``x`` by a random rotation: ``so3`` (uniform, resampled) or
+    ``cube``."""
+    if kind == "none":
+        return x
+    if kind == "so3":
+        R = torch.as_tensor(random_rotations(x.shape[0], rng), dtype=x.dtype, device=x.device)
+        return rotate_volume(x, R)
+    if kind == "cube":
+        G = cube_rotations()
+        return torch.stack(
+            [rotate_cube(v, G[int(i)]) for v, i in zip(x, rng.integers(0, 24, len(x)), strict=True)]
+        )
+    raise ConfigError(f"augment must be 'none', 'so3' or 'cube'; got {kind!r}")
+
+
+def _loss(task: str, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    out = out.float()
+    if task == "classification":
+        return nn.functional.cross_entropy(out, y)
+    return nn.functional.mse_loss(out[:, 0], y.float())
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    data: Dataset,
+    task: str,
+    device: torch.device,
+    batch_size: int = 4,
+    amp: bool = True,
+    scale: tuple[float, float] = (0.0, 1.0),
+) -> dict[str, float]:
+    """Loss and metrics of ``model`` on ``data``: accuracy and balanced accuracy, or MAE and R²."""
+    model.eval()
+    outs, ys = [], []
+    for x, y in DataLoader(data, batch_size=batch_size):
+        with autocast(device, amp):
+            outs.append(model(x.to(device, non_blocking=True)).float())
+        ys.append(y.to(device))
+    if not outs:
+        return {}
+    out, y = torch.cat(outs), torch.cat(ys)
+    mu, sd = scale
+    if task == "classification":
+        pred = out.argmax(1)
+        recalls = [(pred[y == c] == c).float().mean() for c in torch.unique(y)]
+        return {
+            "loss": float(_loss(task, out, y)),
+            "accuracy": float((pred == y).float().mean()),
+            "balanced_accuracy": float(torch.stack(recalls).mean()),
+        }
+    yz = (y.float() - mu) / sd
+    pred = out[:, 0] * sd + mu
+    ss_res = ((pred - y) ** 2).sum()
+    ss_tot = ((y - y.mean()) ** 2).sum().clamp(min=1e-12)
+    return {
+        "loss": float(_loss(task, out, yz)),
+        "mae": float((pred - y).abs().mean()),
+        "r2": float(1 - ss_res / ss_tot),
+    }
+
+
+def fit(
+    model: nn.Module,
+    train_data: Dataset,
+    test_data: Dataset | None,
+    out_dir: str | os.PathLike[str],
+    options: ModelOptions | None = None,
+    task: str = "classification",
+    classes: list | None = None,
+) -> dict[str, Any]:
+    """Train ``model`` and write checkpoint, ``log.csv`` and ``metrics.json`` into ``out_dir``.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        From :func:`~pipeline.models.build_model` (its ``symmetry_penalty()``, when present, is
+        added to the loss, scaled by ``options.symmetry_penalty`` through the model's ``penalty``;
+        its ``measured_epsilon()``, when present, is stored as ``epsilon`` in the metrics,
+        measured on the first :data:`EPSILON_VOLUMES` test volumes, or training volumes without
+        a test set).
+    train_data, test_data : Dataset
+        ``(volume (C, X, Y, Z), target)`` pairs; ``test_data`` may be None.
+    out_dir : path-like
+        Output folder (created).
+    options : ModelOptions, optional
+        Epochs, batch size, optimiser, augmentation, device, AMP, seed, resume, progress.
+    task : {"classification", "regression"}
+        Loss: cross-entropy on logits, or MSE on standardised targets.
+    classes : list, optional
+        Class names, recorded in the metrics.
+
+    Returns
+    -------
+    dict
+        The metrics also written to ``metrics.json``.
+    """
+    opts = options or ModelOptions()
+    if hasattr(model, "penalty"):
+        model.penalty = opts.symmetry_penalty
+    scale = (0.0, 1.0)
+    if task == "regression":
+        ys = torch.stack([train_data[i][1] for i in range(len(train_data))]).float()
+        scale = (float(ys.mean()), float(ys.std().clamp(min=1e-6)) if len(ys) > 1 else 1.0)
+    ckpt_path = Path(out_dir) / CHECKPOINT
+    if opts.resume and ckpt_path.exists():  # the target scaling of the run being resumed
+        scale = tuple(load_checkpoint(ckpt_path)["scale"])
+    has_test = test_data is not None and len(test_data) > 0
+
+    def step(model, batch, rng, noise, device, amp):
+        x, y = (t.to(device, non_blocking=True) for t in batch)
+        if task == "regression":
+            y = (y.float() - scale[0]) / scale[1]
+        x = augment_batch(x, opts.augment, rng)
+        with amp():
+            loss = _loss(task, model(x), y)
+        if hasattr(model, "symmetry_penalty"):
+            loss = loss + model.symmetry_penalty()
+        return {"loss": loss}
+
+    def extra(model):
+        if hasattr(model, "symmetry_defect"):
+            return {"symmetry_defect": float(model.symmetry_defect().detach())}
+        return {}
+
+    history, device, _ = run_training(
+        model,
+        train_data,
+        out_dir,
+        opts,
+        TrainingTask(
+            step=step,
+            evaluate=(
+                (lambda m, d: evaluate(m, test_data, task, d, opts.batch_size, opts.amp, scale))
+                if has_test
+                else None
+            ),
+            checkpoint={"scale": scale, "task": task, "classes": classes or []},
+            epoch_extra=extra,
+        ),
+    )
+    result: dict[str, Any] = {
+        "model": getattr(model, "name", type(model).__name__),
+        "n_parameters": n_parameters(model),
+        "device": str(device),
+        "task": task,
+        "classes": classes or [],
+        "epochs": opts.epochs,
+        "history": history,
+        "train": evaluate(model, train_data, task, device, opts.batch_size, opts.amp, scale),
+    }
+    if has_test:
+        result["test"] = evaluate(model, test_data, task, device, opts.batch_size, opts.amp, scale)
+    if hasattr(model, "measured_epsilon"):  # relaxed models: their own measured epsilon
+        x = _first_volumes(test_data if has_test else train_data, EPSILON_VOLUMES)
+        result["epsilon"] = model.measured_epsilon(x, opts.batch_size)
+        logger.info("%s: measured epsilon %.3g (mean %.3g) on %d %s volumes",
+                    result["model"], result["epsilon"]["epsilon"],
+                    result["epsilon"]["epsilon_mean"], len(x),
+                    "test" if has_test else "train")  # fmt: skip
+        result["epsilon"]["measured_on"] = "test" if has_test else "train"
+    write_json(Path(out_dir) / "metrics.json", result)
+    return result
+
+
+#: volumes the relaxed model's epsilon is measured on at the end of :func:`fit`
+EPSILON_VOLUMES = 8
+
+
+def _first_volumes(data: Dataset, n: int) -> torch.Tensor:
+    """The first ``n`` volumes of ``data`` (items are volumes or ``(volume, ...)``), stacked."""
+    items = [data[i] for i in range(min(n, len(data)))]
+    return torch.stack([v[0] if isinstance(v, list | tuple) else v for v in items])
