@@ -1,4 +1,5 @@
-"""Group-level facts for the reports: source BIDS folder, participants, harmonization embedding."""
+"""Group-level facts for the reports: source BIDS folder, participants, harmonization embedding,
+leave-site-out results of the ROI models."""
 
 from __future__ import annotations
 
@@ -151,3 +152,54 @@ def harmonization_embedding(output_dir: Path, resolution: int = 2) -> pd.DataFra
     )
     write_text(cache, table.to_csv(sep="\t"))
     return table
+
+
+#: how the group report names the models of a leave-site-out ROI run (``symprep train --model
+#: roiset``); other names are shown as they are
+ROI_MODEL_LABELS = {
+    "roiset": "roiset (set model on FC)",
+    "tangent_logreg": "tangent FC + logistic regression",
+    "flat_mlp": "MLP on flattened FC",
+}
+
+
+def is_roi_experiment(metrics: dict) -> bool:
+    """Whether ``metrics`` (a run's ``metrics.json``) is a leave-site-out ROI experiment."""
+    return metrics.get("split") == "leave-site-out" and isinstance(metrics.get("overall"), dict)
+
+
+def roi_fold_accuracies(runs: dict[str, dict]) -> pd.DataFrame:
+    """Held-out accuracy per run, fold (site) and model of leave-site-out ROI experiments.
+
+    Parameters
+    ----------
+    runs : dict
+        Run name -> its ``metrics.json`` (as :func:`pipeline.models.roi_experiment.
+        run_roi_experiment` writes it: ``folds`` of ``{"site", "n_test", model: {"accuracy",
+        ...}}``, ``overall`` per model).
+
+    Returns
+    -------
+    DataFrame
+        Columns ``run``, ``site``, ``model``, ``n_test``, ``accuracy``, ``balanced_accuracy``;
+        one row per fold and model (models in the order of ``overall``).
+    """
+    rows = []
+    for run, m in runs.items():
+        models = list(m.get("overall") or {})
+        for fold in m.get("folds") or []:
+            for model in models:
+                res = fold.get(model)
+                if isinstance(res, dict) and "accuracy" in res:
+                    rows.append(
+                        {
+                            "run": run,
+                            "site": str(fold.get("site", "")),
+                            "model": model,
+                            "n_test": fold.get("n_test", res.get("n")),
+                            "accuracy": float(res["accuracy"]),
+                            "balanced_accuracy": res.get("balanced_accuracy"),
+                        }
+                    )
+    columns = ["run", "site", "model", "n_test", "accuracy", "balanced_accuracy"]
+    return pd.DataFrame(rows, columns=columns)

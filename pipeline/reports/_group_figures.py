@@ -1,4 +1,5 @@
-"""Group report figures: registration QC distributions, harmonization embedding, training curves."""
+"""Group report figures: registration QC distributions, harmonization embedding, training curves,
+leave-site-out accuracy of the ROI models."""
 
 from __future__ import annotations
 
@@ -160,3 +161,49 @@ def difference_map_figure(
             annotate=False,
         )
     return save_figure(fig, out, html_dir, caption)
+
+
+def roi_accuracy_figure(
+    folds: pd.DataFrame,
+    chance: dict[str, float],
+    labels: dict[str, str],
+    out: Path,
+    html_dir: Path,
+) -> Figure | None:
+    """Held-out accuracy of each model in each leave-site-out fold, one panel per run.
+
+    ``folds`` as :func:`~pipeline.reports._group_data.roi_fold_accuracies` returns it; a dot per
+    fold (site), the pooled accuracy over every held-out subject as a bar, the run's chance level
+    (majority class) dashed.
+    """
+    if folds.empty:
+        return None
+    runs = list(dict.fromkeys(folds["run"]))
+    fig, axes = plt.subplots(1, len(runs), figsize=(4.2 * len(runs), 3.2), squeeze=False)
+    rng = np.random.default_rng(0)
+    for ax, run in zip(axes[0], runs, strict=True):
+        sub = folds[folds["run"] == run]
+        models = list(dict.fromkeys(sub["model"]))
+        for i, model in enumerate(models):
+            rows = sub[sub["model"] == model]
+            n = rows["n_test"].to_numpy(dtype=float)
+            pooled = float(np.average(rows["accuracy"], weights=n if n.sum() > 0 else None))
+            ax.bar(i, pooled, width=0.6, alpha=0.35)
+            ax.scatter(i + rng.uniform(-0.15, 0.15, len(rows)), rows["accuracy"], s=16, zorder=3)
+        if run in chance:
+            ax.axhline(chance[run], color="grey", ls="--", lw=0.8, label="chance")
+            ax.legend(fontsize=7, loc="lower right")
+        ax.set_xticks(range(len(models)))
+        ax.set_xticklabels([labels.get(m, m) for m in models], fontsize=7, rotation=15)
+        ax.set_ylim(0, 1)
+        ax.set_ylabel("held-out accuracy", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.set_title(run, fontsize=9)
+    fig.tight_layout()
+    return save_figure(fig, out, html_dir, ROI_ACCURACY_CAPTION)
+
+
+ROI_ACCURACY_CAPTION = (
+    "Leave-site-out accuracy of the ROI models and the baselines: a dot per held-out site, bars "
+    "pooled over every held-out subject, dashes the majority-class chance level."
+)

@@ -2,9 +2,10 @@
 
 Sections: a sortable participants table (status, site, registration and functional QC, flags,
 link to each subject's report), the registration-QC distribution, harmonization (site prediction
-before/after, biology kept, the subjects' embedding), the model grid and training curves, and the
-invariance-audit summary. Figures are PNG files in ``group/figures/`` (harmonization figures are
-linked where :func:`pipeline.gauge.run_harmonization` wrote them).
+before/after, biology kept, the subjects' embedding), the model grid and training curves, the
+leave-site-out accuracy of the ROI models beside their baselines, and the invariance-audit
+summary. Figures are PNG files in ``group/figures/`` (harmonization figures are linked where
+:func:`pipeline.gauge.run_harmonization` wrote them).
 """
 
 from __future__ import annotations
@@ -20,13 +21,17 @@ import pandas as pd
 from pipeline.io import read_json
 from pipeline.reports._collect import collect_subject, read_table, subjects_in
 from pipeline.reports._group_data import (
+    ROI_MODEL_LABELS,
     harmonization_embedding,
+    is_roi_experiment,
     participants_table,
+    roi_fold_accuracies,
     source_bids_dir,
 )
 from pipeline.reports._group_figures import (
     embedding_figure,
     qc_distribution_figure,
+    roi_accuracy_figure,
     training_curves_figure,
 )
 from pipeline.reports._methods import Methods, group_methods, snakemake_sentence
@@ -311,6 +316,72 @@ def _vae_section(runs: list[tuple[str, Path, dict[str, Any]]], group_dir: Path) 
     return {"table": {"columns": ["run", *_VAE_COLUMNS], "rows": rows}, "figures": figures}
 
 
+#: columns of the ROI models' table: header -> key in ``overall[model]`` of the run's metrics
+_ROI_COLUMNS = {
+    "leave-site-out accuracy": "accuracy",
+    "balanced accuracy": "balanced_accuracy",
+    "AUC": "auc",
+    "fold accuracy mean": "fold_accuracy_mean",
+    "fold accuracy sd": "fold_accuracy_sd",
+    "held-out subjects": "n",
+}
+
+
+def _roi_section(runs: dict[str, dict[str, Any]], fig_dir: Path, group_dir: Path) -> dict | None:
+    """Leave-site-out results of the ROI runs (``symprep train --model roiset``): each model
+    beside the baselines (pooled and per fold), and the per-fold figure."""
+    if not runs:
+        return None
+    rows, chance = [], {}
+    for run, m in runs.items():
+        harmonized = "ComBat in each training fold" if m.get("harmonize") else "none"
+        if m.get("chance") is not None:
+            chance[run] = float(m["chance"])
+        for model, res in m["overall"].items():
+            res = res if isinstance(res, dict) else {}
+            rows.append(
+                [_cell(run), _cell(ROI_MODEL_LABELS.get(model, model))]
+                + [_cell(res.get(key)) for key in _ROI_COLUMNS.values()]
+                + [
+                    _cell(len(m.get("folds") or [])),
+                    _cell(m.get("chance")),
+                    _cell(harmonized),
+                    _cell(f"{m.get('source', '')}, {m.get('n_rois', '?')} ROIs"),
+                ]
+            )
+    folds = roi_fold_accuracies(runs)
+    fold_rows = []
+    models = list(dict.fromkeys(folds["model"]))
+    for (run, site), part in folds.groupby(["run", "site"], sort=False):
+        acc = dict(zip(part["model"], part["accuracy"], strict=True))
+        fold_rows.append(
+            [_cell(run), _cell(site), _cell(part["n_test"].iloc[0])]
+            + [_cell(acc.get(model)) for model in models]
+        )
+    fig = roi_accuracy_figure(
+        folds, chance, ROI_MODEL_LABELS, fig_dir / "roi_leave_site_out.png", group_dir
+    )
+    return {
+        "table": {
+            "columns": [
+                "run",
+                "model",
+                *_ROI_COLUMNS,
+                "folds",
+                "chance",
+                "harmonization",
+                "data",
+            ],
+            "rows": rows,
+        },
+        "folds": {
+            "columns": ["run", "held-out site", "n", *[ROI_MODEL_LABELS.get(m, m) for m in models]],
+            "rows": fold_rows,
+        },
+        "figures": [fig] if fig else [],
+    }
+
+
 #: where the ``benchmarks/vae_emergence.py`` figure is looked for: the run's group folder, then
 #: the source checkout's benchmark outputs
 _EMERGENCE = ("benchmarks/vae_emergence/vae_emergence.png",)
@@ -348,20 +419,22 @@ def _run_label(run: str, metrics: dict[str, Any]) -> str:
 
 def _models(output_dir: Path, fig_dir: Path) -> tuple[dict | None, list[Figure], list[str]]:
     mdir = output_dir / "group" / "models"
-    rows, logs, names, vae_runs = [], {}, [], []
+    rows, logs, names, vae_runs, roi_runs = [], {}, [], [], {}
     for metrics_path in sorted(mdir.glob("*/metrics.json")) if mdir.is_dir() else []:
         m = _read(metrics_path)
         name = metrics_path.parent.name
         names.append(_run_label(name, m))
         if m.get("model") == "vae" or "invariance" in m:
             vae_runs.append((name, metrics_path.parent, m))
+        if is_roi_experiment(m):
+            roi_runs[name] = m
         row = {
             "run": name,
             "model": m.get("model", name),
             "task": m.get("task", ""),
             "parameters": m.get("n_parameters"),
             "device": m.get("device", ""),
-            "epochs": m.get("epochs"),
+            "epochs": m.get("epochs", (m.get("options") or {}).get("epochs")),
         }
         for split in ("train", "test"):
             for k, v in (m.get(split) or {}).items():
@@ -386,8 +459,9 @@ def _models(output_dir: Path, fig_dir: Path) -> tuple[dict | None, list[Figure],
     fig = training_curves_figure(logs, fig_dir / "training_curves.png", output_dir / "group")
     figs = ([fig] if fig else []) + _vae_emergence_figure(output_dir / "group", fig_dir)
     vae = _vae_section(vae_runs, output_dir / "group")
-    all_figs = figs + (vae["figures"] if vae else [])
-    return {"table": table, "figures": figs, "vae": vae}, all_figs, names
+    roi = _roi_section(roi_runs, fig_dir, output_dir / "group")
+    all_figs = figs + (vae["figures"] if vae else []) + (roi["figures"] if roi else [])
+    return {"table": table, "figures": figs, "vae": vae, "roi": roi}, all_figs, names
 
 
 def _gm_difference(output_dir: Path, fig_dir: Path) -> tuple[dict, Figure | None] | None:
