@@ -34,7 +34,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import mmap
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -248,29 +248,36 @@ def _window(client: Any) -> int:
     return max(8, 4 * sum(client.nthreads().values()))
 
 
-def _run_windowed(fn: Any, calls: list[tuple[Any, ...]], client: Any, on_result: Any) -> None:
-    """``on_result(k, fn(*calls[k]))`` for every call, with at most :func:`_window` calls
+def _run_windowed(
+    fn: Any,
+    n_calls: int,
+    args: Callable[[int], tuple[Any, ...]],
+    client: Any,
+    on_result: Callable[[int, Any], None],
+) -> None:
+    """``on_result(k, fn(*args(k)))`` for ``k < n_calls``, with at most :func:`_window` calls
     submitted at once (so the client never holds every call's arguments or results)."""
     import dask
 
     window = _window(client)
     if client is None:
         task = dask.delayed(fn, pure=False)
-        for k in range(0, len(calls), window):
-            results = dask.compute(*[task(*a) for a in calls[k : k + window]])
+        for k in range(0, n_calls, window):
+            stop = min(n_calls, k + window)
+            results = dask.compute(*[task(*args(j)) for j in range(k, stop)])
             for j, result in enumerate(results):
                 on_result(k + j, result)
         return
     from distributed import as_completed
 
     index: dict[str, int] = {}
-    pending = iter(range(len(calls)))
+    pending = iter(range(n_calls))
 
     def start() -> Any:
         k = next(pending, None)
         if k is None:
             return None
-        future = client.submit(fn, *calls[k], pure=False)
+        future = client.submit(fn, *args(k), pure=False)
         index[future.key] = k
         return future
 
@@ -281,6 +288,37 @@ def _run_windowed(fn: Any, calls: list[tuple[Any, ...]], client: Any, on_result:
         nxt = start()
         if nxt is not None:
             running.add(nxt)
+
+
+class _Shared:
+    """Arrays many tasks read, sent to the workers once (``client.scatter``) and released when
+    their last task is done; without a client, the arrays themselves.
+
+    Arrays inside a submitted task's arguments would travel with every task, and distributed
+    keeps its recent task graphs (arguments included) for its dashboard: the client's memory
+    would grow with the number of tasks.
+    """
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.held: dict[Any, list[Any]] = {}
+
+    def get(self, key: Any, make: Callable[[], Any], uses: int) -> Any:
+        """The shared value of ``key`` (made by ``make`` on first use, for ``uses`` tasks)."""
+        if self.client is None:
+            return make()
+        if key not in self.held:
+            self.held[key] = [self.client.scatter([make()], hash=False)[0], uses]
+        return self.held[key][0]
+
+    def done(self, key: Any) -> None:
+        """One task that used ``key`` is done."""
+        entry = self.held.get(key)
+        if entry is not None:
+            entry[1] -= 1
+            if entry[1] <= 0:
+                entry[0].release()
+                del self.held[key]
 
 
 # ---------------------------------------------------------------------------------- reduce
@@ -582,10 +620,13 @@ def transform_mapreduce(
     rows, cols = block_shape(n, p, block_bytes, getattr(source, "whole_rows", False))
     client = _active_client(client)
     shared = source if client is None else client.scatter(source, broadcast=False, hash=False)
-    calls, where = [], []
-    for c0, c1 in _edges(p, cols):
+    col_edges, row_edges = _edges(p, cols), _edges(n, rows)
+    where = [(r0, r1, c0, c1) for c0, c1 in col_edges for r0, r1 in row_edges]
+    params = _Shared(client)
+
+    def model_slice(c0: int, c1: int) -> dict[str, Any]:
         sl = slice(c0, c1)
-        params = {
+        return {
             "beta": model.beta_[n_fit:, sl],
             "grand_mean": model.grand_mean_[sl],
             "var_pooled": model.var_pooled_[sl],
@@ -594,16 +635,19 @@ def transform_mapreduce(
             "constant": model.constant_features_[sl],
             "ref_level": model.ref_level_,
         }
-        for r0, r1 in _edges(n, rows):
-            calls.append((shared, r0, r1, c0, c1, params, codes[r0:r1], C[r0:r1], target))
-            where.append((r0, r1, c0, c1))
+
+    def args(k: int) -> tuple[Any, ...]:
+        r0, r1, c0, c1 = where[k]
+        block = params.get(c0, lambda: model_slice(c0, c1), len(row_edges))
+        return (shared, r0, r1, c0, c1, block, codes[r0:r1], C[r0:r1], target)
 
     def store(k: int, block: np.ndarray | None) -> None:
+        r0, r1, c0, c1 = where[k]
+        params.done(c0)
         if block is not None:
-            r0, r1, c0, c1 = where[k]
             out[r0:r1, c0:c1] = block
 
-    _run_windowed(_apply_task, calls, client, store)
+    _run_windowed(_apply_task, len(where), args, client, store)
     if target is not None:
         with contextlib.suppress(OSError, ValueError):
             _release(out)
