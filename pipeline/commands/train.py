@@ -131,6 +131,8 @@ def run(args: argparse.Namespace) -> int:
     if run_name is not None:
         from pipeline.errors import ConfigError
 
+        # what the run sets itself wins over the defaults of its kind of model (ROI defaults)
+        args.run_overrides = sorted((base or ModelOptions()).runs.get(run_name) or {})
         try:
             base = (base or ModelOptions()).for_run(run_name)
         except KeyError as exc:

@@ -7,7 +7,8 @@ runs leave-site-out cross-validation (every site held out once). Inside each tra
 2. ComBat on the FC edges (:func:`pipeline.gauge.build_harmonizer`), **fitted on the training
    fold only**; the held-out site, unseen in that fit, gets its own location/scale from its
    own FC with everything else frozen (:meth:`~pipeline.gauge.ComBat.add_sites`: no labels are
-   used);
+   used), also when it has fewer subjects than ComBat's unseen-site minimum (the demo's 4; see
+   :func:`harmonize_fold`);
 3. models, all on the same split:
 
    - ``roiset``: :class:`~pipeline.models.roiset.RoiSet` on the (harmonized) FC matrix (plus ROI
@@ -100,6 +101,11 @@ def edges_to_matrices(edges: np.ndarray, n: int) -> np.ndarray:
     return out + out.transpose(0, 2, 1)
 
 
+#: fewest subjects of a held-out site whose ComBat location and scale are estimated in a fold
+#: (two: a variance needs two); see :func:`harmonize_fold`
+MIN_HELD_OUT_SUBJECTS = 2
+
+
 def harmonize_fold(
     train: np.ndarray,
     train_sites: np.ndarray,
@@ -111,26 +117,51 @@ def harmonize_fold(
 ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """ComBat fitted on ``train`` (n_train, p) only; applied to both.
 
-    Test subjects of sites unseen in the fit are mapped with :meth:`ComBat.add_sites` (their own
-    location/scale and EB hyperparameters, the fitted model frozen, no labels). When that is impossible (too few
-    subjects) the test features are left as they are and ``info["test_harmonized"]`` is False.
+    Test subjects of sites unseen in the fit are mapped with :meth:`ComBat.add_sites`: their own
+    location/scale, shrunk by empirical Bayes with the site's own hyperparameters (estimated over
+    the p features, as ComBat does for a training site), the fitted model frozen, no labels used.
+
+    A held-out site smaller than ComBat's unseen-site minimum
+    (:attr:`GaugeOptions.min_new_site_subjects`, 5; the demo has 4 subjects per site) is
+    estimated anyway, down to :data:`MIN_HELD_OUT_SUBJECTS`, with a logged warning and its
+    name in ``info["below_minimum"]``. This is sound because the shrinkage that ComBat relies on
+    for small sites does not depend on the site's subject count: the prior of its locations and
+    scales is estimated over thousands of FC edges, and each edge's estimate is pulled towards it
+    in proportion to its noise (a few subjects: strongly). The alternative is worse. A test site
+    left in raw units, while the model was trained on harmonized features, moves every held-out
+    subject by that site's whole offset. Only a site of one subject (no variance) stays
+    unharmonized; then ``info["test_harmonized"]`` is False. As with any unseen-site ComBat, the
+    site's mean includes its diagnosis mix, so a site of few, unbalanced subjects loses some of
+    its effect.
     """
     from pipeline.gauge import CovariateError, GaugeOptions, UnseenSiteError, build_harmonizer
 
+    options = GaugeOptions(min_new_site_subjects=MIN_HELD_OUT_SUBJECTS)
     cov_tr = cov_te = None
     if covariates is not None and train_idx is not None and test_idx is not None:
         cov_tr = covariates.iloc[train_idx].reset_index(drop=True)
         cov_te = covariates.iloc[test_idx].reset_index(drop=True)
-    combat = build_harmonizer(GaugeOptions())
+    combat = build_harmonizer(options)
     try:
         combat.fit(train, train_sites, cov_tr)
     except CovariateError as exc:
         logger.warning("ComBat without covariates in this fold: %s", exc)
         cov_tr = cov_te = None
-        combat = build_harmonizer(GaugeOptions()).fit(train, train_sites)
+        combat = build_harmonizer(options).fit(train, train_sites)
     out_train = combat.transform(train, train_sites, cov_tr)
     info: dict[str, Any] = {"fitted_sites": [str(s) for s in combat.sites_]}
     unseen = sorted(set(map(str, test_sites)) - set(map(str, combat.sites_)))
+    minimum = GaugeOptions().min_new_site_subjects
+    small = {s: int((test_sites.astype(str) == s).sum()) for s in unseen}
+    small = {s: n for s, n in small.items() if MIN_HELD_OUT_SUBJECTS <= n < minimum}
+    if small:
+        info["below_minimum"] = sorted(small)
+        logger.warning(
+            "held-out site(s) %s below ComBat's unseen-site minimum of %d subjects: location "
+            "and scale estimated anyway, shrunk by empirical Bayes",
+            ", ".join(f"{s} ({n})" for s, n in small.items()),
+            minimum,
+        )
     try:
         if unseen:
             mask = np.isin(test_sites.astype(str), unseen)
@@ -468,7 +499,13 @@ def run_from_args(args: argparse.Namespace, opts: ModelOptions) -> dict[str, Any
     """``symprep train --model roiset``: load the ROI series and run the experiment."""
     from pipeline.models.roi_data import load_rois
 
-    updates = {k: v for k, v in ROI_DEFAULTS.items() if getattr(args, k, None) is None}
+    # ROI_DEFAULTS replace the volume models' defaults, not what the flags or the run set
+    explicit = set(getattr(args, "run_overrides", ()))
+    updates = {
+        k: v
+        for k, v in ROI_DEFAULTS.items()
+        if getattr(args, k, None) is None and k not in explicit
+    }
     opts = opts.model_copy(update=updates)
     data = load_rois(
         args.bids_dir,

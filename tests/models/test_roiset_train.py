@@ -36,13 +36,13 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-@pytest.fixture
-def derivatives(tmp_path, rng):
+def _write_derivatives(tmp_path, rng, per_site: int):
+    """A BIDS folder (participants.tsv) and symprep ROI series of atlas ``Toy``."""
     bids, deriv = tmp_path / "bids", tmp_path / "out"
     bids.mkdir()
     rows = ["participant_id\tsite\tage\tsex\tdiagnosis"]
     for s, site in enumerate(SITES):
-        for i in range(PER_SITE):
+        for i in range(per_site):
             label, asd = f"{site}{i:02d}", i % 2 == 0
             rows.append(
                 f"sub-{label}\t{site}\t{20 + i}\t{'FM'[i % 3 == 0]}\t{'ASD' if asd else 'TD'}"
@@ -59,6 +59,11 @@ def derivatives(tmp_path, rng):
             frame.to_csv(path, sep="\t", index=False, na_rep="n/a")
     (bids / "participants.tsv").write_text("\n".join(rows) + "\n")
     return bids, deriv
+
+
+@pytest.fixture
+def derivatives(tmp_path, rng):
+    return _write_derivatives(tmp_path, rng, PER_SITE)
 
 
 def test_train_roiset_on_symprep_derivatives(derivatives, tmp_path):
@@ -86,6 +91,51 @@ def test_train_roiset_on_symprep_derivatives(derivatives, tmp_path):
     preds = pd.read_csv(out / "predictions.tsv", sep="\t")
     assert len(preds) == 3 * len(SITES) * PER_SITE and (preds["site"] == preds["fold"]).all()
     assert (out / "fold-A" / "roiset" / "log.csv").exists()
+
+
+def test_train_roiset_with_four_subjects_per_site(tmp_path, rng, caplog):
+    """``make demo``'s size: 4 subjects per site, fewer than ComBat's unseen-site minimum (5).
+    Every held-out site is harmonized anyway (with a warning), not left in raw units. Run as the
+    demo's Snakemake rule runs it (``--config``, ``--run roiset``): the run's own epochs win over
+    the ROI models' defaults, which replace the volume models' (batch size)."""
+    bids, deriv = _write_derivatives(tmp_path, rng, 4)
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        json.dumps({"models": {"epochs": 20, "batch_size": 2, "device": "cpu",
+                               "runs": {"roiset": {"model": "roiset", "epochs": 3}}}})
+    )  # fmt: skip
+    args = _parser().parse_args(
+        ["train", str(bids), str(deriv), "--config", str(config), "--run", "roiset",
+         "--atlas", "Toy", "--no-progress"]
+    )  # fmt: skip
+    with caplog.at_level("WARNING", logger="pipeline.models.roi_experiment"):
+        assert args.func(args) == 0
+    out = deriv / "group" / "models" / "roiset"  # where the group report finds it
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["options"]["epochs"] == 3 and metrics["options"]["batch_size"] == 32
+    assert [f["site"] for f in metrics["folds"]] == list(SITES)
+    for fold in metrics["folds"]:
+        harm = fold["harmonization"]
+        assert harm["test_harmonized"] is True and harm["below_minimum"] == [fold["site"]]
+        assert fold["site"] not in harm["fitted_sites"]
+    assert all(v["n"] == 4 * len(SITES) for v in metrics["overall"].values())
+    assert "below ComBat's unseen-site minimum of 5 subjects" in caplog.text
+    assert "left unharmonized" not in caplog.text
+
+
+def test_a_small_held_out_site_gets_its_offset_removed(rng):
+    """Four subjects of an unseen site: their site offset (5, on every feature) is estimated and
+    removed; a site of one subject (no variance) is the only one left as it is."""
+    train_x = rng.normal(size=(16, 300)) + np.repeat([0.0, 2.0], 8)[:, None]
+    sites = np.repeat(["a", "b"], 8)
+    test_x = rng.normal(size=(4, 300)) + 5.0
+    a, b, info = harmonize_fold(train_x, sites, test_x, np.array(["c"] * 4))
+    assert info["test_harmonized"] and info["below_minimum"] == ["c"]
+    assert abs(b.mean() - a.mean()) < 0.2  # from 4 away
+    assert abs(b.std() / a.std() - 1) < 0.2
+    _, b1, info1 = harmonize_fold(train_x, sites, test_x[:1], np.array(["c"]))
+    assert info1["test_harmonized"] is False and "below_minimum" not in info1
+    np.testing.assert_array_equal(b1, test_x[:1])
 
 
 def test_combat_in_a_fold_never_sees_the_held_out_site(rng):
