@@ -58,6 +58,27 @@ class ModelOptions(StrictOptions):
     batch_size: int = Field(4, ge=1, description="Volumes per step.")
     learning_rate: float = Field(1e-3, gt=0, description="AdamW learning rate.")
     weight_decay: float = Field(1e-4, ge=0, description="AdamW weight decay.")
+    lr_schedule: Literal["constant", "cosine"] = Field(
+        "constant",
+        description="Learning rate per epoch: constant, or cosine decay from learning_rate "
+        "towards 0 over the epochs (after warmup_epochs of linear warmup).",
+    )
+    warmup_epochs: int = Field(
+        0, ge=0, description="Epochs of linear learning-rate warmup (cosine schedule)."
+    )
+    val_fraction: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="Share of the training part held out (stratified by class) for early "
+        "stopping: the weights of the epoch of lowest validation loss are kept (0: none).",
+    )
+    patience: int = Field(
+        0,
+        ge=0,
+        description="With a validation split, stop after this many epochs without a lower "
+        "validation loss (0: train every epoch, still keeping the best one).",
+    )
     symmetry_penalty: float = Field(
         1e-2,
         ge=0,

@@ -13,8 +13,9 @@ runs leave-site-out cross-validation (every site held out once). Inside each tra
 
    - ``roiset``: :class:`~pipeline.models.roiset.RoiSet` on the (harmonized) FC matrix (plus ROI
      coordinates with ``hparams.coords``), trained by the one engine
-     (:func:`~pipeline.models.training.run_training`) with early stopping on a validation split
-     of the training fold (the epoch of lowest validation loss is kept);
+     (:func:`~pipeline.models.training.run_training`) with the engine's early stopping on a
+     validation split of the training fold (the epoch of lowest validation loss is kept;
+     ``patience`` stops early, ``lr_schedule`` sets the learning rate);
    - ``tangent_logreg``: tangent-space FC (nilearn ``ConnectivityMeasure(kind="tangent")``,
      reference fitted on the training fold, harmonized the same way) and l2 logistic
      regression, Abraham et al. 2017's best pipeline;
@@ -46,6 +47,12 @@ from pipeline.errors import ConfigError
 from pipeline.io import write_json, write_text
 from pipeline.models.options import ModelOptions
 from pipeline.models.roi_data import RoiData, fc_matrices
+from pipeline.models.training import (
+    TrainingTask,
+    run_training,
+    seed_everything,
+    stratified_holdout,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +71,14 @@ __all__ = [
 
 BASELINES = ("tangent_logreg", "flat_mlp")
 #: defaults of the ROI models where the volume models' defaults do not fit
-ROI_DEFAULTS = {"epochs": 60, "batch_size": 32, "learning_rate": 2e-3, "weight_decay": 1e-2}
+ROI_DEFAULTS = {
+    "epochs": 60,
+    "batch_size": 32,
+    "learning_rate": 2e-3,
+    "weight_decay": 1e-2,
+    "lr_schedule": "cosine",  # the engine's recipe: cosine decay, early stopping on validation
+    "patience": 20,
+}
 
 
 @dataclass
@@ -194,19 +208,6 @@ def classification_metrics(y: np.ndarray, prob: np.ndarray) -> dict[str, float]:
     return out
 
 
-def stratified_holdout(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Positions (fit, validation) of ``y``, stratified by class."""
-    rng = np.random.default_rng(seed)
-    val = []
-    for c in np.unique(y):
-        members = rng.permutation(np.flatnonzero(y == c))
-        k = int(round(fraction * len(members)))
-        if 0 < k < len(members):
-            val.extend(members[:k].tolist())
-    val_idx = np.array(sorted(val), dtype=int)
-    return np.setdiff1d(np.arange(len(y)), val_idx), val_idx
-
-
 def fit_torch_classifier(
     model: nn.Module,
     x_train: torch.Tensor,
@@ -221,14 +222,14 @@ def fit_torch_classifier(
 
     Cross-entropy (plus the model's ``symmetry_penalty()`` when it has one); with ``permute``,
     every item of every batch is relabelled by a random ROI permutation (augmentation). The
-    state of the epoch with the lowest validation loss is restored (early stopping). With
-    ``out_dir`` None the checkpoint goes to a temporary folder.
+    validation set is the engine's early-stopping split: the weights of the epoch of lowest
+    validation loss are kept (``best_epoch`` in every history row), ``options.patience`` stops
+    early and ``options.lr_schedule`` sets the learning rate per epoch. With ``out_dir`` None
+    the checkpoint goes to a temporary folder.
     """
     from pipeline.models.roiset import permute_rois
-    from pipeline.models.training import TrainingTask, run_training
 
     matrix = getattr(model, "matrix", False)
-    best: dict[str, Any] = {"loss": float("inf"), "state": None, "epoch": -1, "seen": 0}
 
     def step(model, batch, rng, noise, device, amp):
         x, y = (t.to(device) for t in batch)
@@ -243,20 +244,16 @@ def fit_torch_classifier(
             loss = loss + model.symmetry_penalty()
         return {"loss": loss}
 
-    def evaluate(model, device):
+    def validate(model, device):
         model.eval()
         with torch.no_grad():
             out = model(x_val.to(device)).float()
             loss = float(nn.functional.cross_entropy(out, y_val.to(device)))
             acc = float((out.argmax(1).cpu() == y_val).float().mean())
-        if loss < best["loss"]:
-            state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            best.update(loss=loss, state=state, epoch=best["seen"])
-        best["seen"] += 1
-        return {"val_loss": loss, "val_accuracy": acc}
+        return {"loss": loss, "accuracy": acc}
 
     has_val = x_val is not None and len(x_val) > 0
-    task_kw: dict[str, Any] = {"step": step, "evaluate": evaluate if has_val else None}
+    task_kw: dict[str, Any] = {"step": step, "validate": validate if has_val else None}
     if hasattr(model, "symmetry_defect"):
         task_kw["epoch_extra"] = lambda m: {"symmetry_defect": float(m.symmetry_defect().detach())}
     opts = options.model_copy(update={"resume": False})
@@ -264,10 +261,6 @@ def fit_torch_classifier(
         history, _, _ = run_training(
             model, TensorDataset(x_train, y_train), out_dir or tmp, opts, TrainingTask(**task_kw)
         )
-    if best["state"] is not None:
-        model.load_state_dict(best["state"])
-        for row in history:
-            row["best_epoch"] = best["epoch"]
     model.eval()
     return model, history
 
@@ -324,7 +317,6 @@ def run_roi_experiment(
     from pipeline.models.data import encode_labels
     from pipeline.models.device import select_device
     from pipeline.models.roiset import FlatMLP, permutation_error
-    from pipeline.models.training import seed_everything
 
     opts = options or ModelOptions(model="roiset", **ROI_DEFAULTS)
     exp = experiment or RoiExperiment()
@@ -438,7 +430,8 @@ def run_roi_experiment(
         "harmonize": exp.harmonize,
         "hparams": hp,
         "options": {k: opts.model_dump()[k] for k in ("epochs", "batch_size", "learning_rate",
-                                                     "weight_decay", "seed")},
+                                                     "weight_decay", "lr_schedule", "patience",
+                                                     "seed")},
         "chance": float(np.bincount(y[tested]).max() / tested.sum()),
         "folds": per_fold,
         "overall": overall,

@@ -185,3 +185,88 @@ def test_prepare_volume_pads_symmetrically():
     v = prepare_volume(np.ones((17, 15, 17)), levels=2, cube=False)
     assert v.shape == (1, 17, 17, 17)
     assert torch.equal(v, torch.flip(v, [2]))
+
+
+# --------------------------------------------------------------------------- training recipe
+def _linear_task(validation_losses: list[float], seen: list):
+    """A TrainingTask whose validation losses are scripted; ``seen`` gets each epoch's weights."""
+    from pipeline.models.training import TrainingTask
+
+    def step(model, batch, rng, noise, device, amp):
+        x, y = (t.to(device) for t in batch)
+        return {"loss": torch.nn.functional.cross_entropy(model(x.flatten(1)), y)}
+
+    def validate(model, device):
+        seen.append({k: v.clone() for k, v in model.state_dict().items()})
+        return {"loss": validation_losses[len(seen) - 1]}
+
+    return TrainingTask(step=step, validate=validate)
+
+
+def _linear_model() -> torch.nn.Module:
+    seed_everything(0)
+    return torch.nn.Linear(9**3, 2)
+
+
+def test_early_stopping_keeps_the_best_epoch_and_stops_after_patience(tmp_path):
+    from pipeline.models.training import run_training
+
+    seen: list = []
+    model = _linear_model()
+    opts = _opts(epochs=8, patience=2)
+    history, _, _ = run_training(model, _toy_data(6), tmp_path, opts, _linear_task(
+        [3.0, 1.0, 2.0, 1.5, 0.5, 9.0, 9.0, 9.0], seen))  # fmt: skip
+    assert len(history) == 4  # best at epoch 1; epochs 2 and 3 no better: stop
+    assert [r["best_epoch"] for r in history] == [0, 1, 1, 1]
+    assert [r["val_loss"] for r in history] == [3.0, 1.0, 2.0, 1.5]
+    for k, v in model.state_dict().items():  # the weights of epoch 1, not of the last epoch
+        assert torch.equal(v, seen[1][k]) and not torch.equal(v, seen[3][k]), k
+    # a rerun resumes a stopped run as stopped: no further epoch
+    history2, _, _ = run_training(_linear_model(), _toy_data(6), tmp_path, opts, _linear_task(
+        [0.0] * 8, seen2 := []))  # fmt: skip
+    assert len(history2) == 4 and seen2 == []
+    # without patience every epoch runs, the best one still kept
+    seen3: list = []
+    model3 = _linear_model()
+    run_training(model3, _toy_data(6), tmp_path / "all", _opts(epochs=8), _linear_task(
+        [3.0, 1.0, 2.0, 1.5, 0.5, 9.0, 9.0, 9.0], seen3))  # fmt: skip
+    assert len(seen3) == 8
+    assert all(torch.equal(v, seen3[4][k]) for k, v in model3.state_dict().items())
+
+
+def test_cosine_schedule_is_logged_and_resumes_exactly(tmp_path):
+    from pipeline.models.training import epoch_learning_rate
+
+    opts = {"lr_schedule": "cosine", "warmup_epochs": 1}
+    data = _toy_data(7)
+
+    def fresh():
+        seed_everything(0)
+        return build_model("cnn", 1, 2, **TINY["cnn"])
+
+    straight = fresh()
+    metrics = fit(straight, data, None, tmp_path / "a", _opts(epochs=4, **opts))
+    rates = [r["learning_rate"] for r in metrics["history"]]
+    assert rates == [epoch_learning_rate(_opts(epochs=4, **opts), e) for e in range(4)]
+    assert rates == pytest.approx([2.5e-3, 5e-3, 3.75e-3, 1.25e-3])  # warmup, then cosine
+    fit(fresh(), data, None, tmp_path / "b", _opts(epochs=2, **opts))
+    resumed = fresh()
+    fit(resumed, data, None, tmp_path / "b", _opts(epochs=4, **opts))
+    for (k, a), b in zip(straight.state_dict().items(), resumed.state_dict().values(), strict=True):
+        assert torch.equal(a, b), k
+    constant = fresh()
+    fit(constant, data, None, tmp_path / "c", _opts(epochs=4))
+    assert not all(
+        torch.equal(a, b)
+        for a, b in zip(straight.state_dict().values(), constant.state_dict().values(), strict=True)
+    )
+
+
+def test_fit_holds_out_a_stratified_validation_split(tmp_path):
+    model = build_model("cnn", 1, 2, **TINY["cnn"])
+    metrics = fit(model, _toy_data(8), None, tmp_path, _opts(epochs=3, val_fraction=0.25))
+    assert metrics["n_val"] == 2 and 0 <= metrics["best_epoch"] < 3
+    assert {"loss", "accuracy"} <= set(metrics["val"])
+    log = pd.read_csv(tmp_path / "log.csv")
+    assert {"val_loss", "val_accuracy", "best_epoch"} <= set(log.columns)
+    assert log["val_loss"].iloc[metrics["best_epoch"]] == pytest.approx(log["val_loss"].min())

@@ -1,8 +1,8 @@
 """Training: one engine, a step function per task, and the ``symprep train`` entry points.
 
 - :mod:`._engine`: :func:`run_training`, the one training engine (device, AMP, seeding per
-  epoch, checkpoint/resume, the epoch loop, ``log.csv``), and :class:`TrainingTask`, what differs
-  between tasks;
+  epoch, checkpoint/resume, the epoch loop, the learning-rate schedule, early stopping on a
+  validation split, ``log.csv``), and :class:`TrainingTask`, what differs between tasks;
 - :mod:`._supervised`: :func:`fit` (classification or regression of volumes, rotation
   augmentation by :func:`augment_batch`) and :func:`evaluate`;
 - :mod:`._vae`: :func:`fit_vae` and :func:`vae_step` (the β-weighted negative ELBO),
@@ -18,10 +18,12 @@ from pipeline.models.training._engine import (
     CHECKPOINT,
     TrainingTask,
     autocast,
+    epoch_learning_rate,
     load_checkpoint,
     run_training,
     seed_everything,
     select_device,
+    stratified_holdout,
 )
 from pipeline.models.training._supervised import EPSILON_VOLUMES, augment_batch, evaluate, fit
 from pipeline.models.training._vae import fit_vae, train_vae, vae_step
@@ -33,6 +35,7 @@ __all__ = [
     "TrainingTask",
     "augment_batch",
     "autocast",
+    "epoch_learning_rate",
     "evaluate",
     "fit",
     "fit_vae",
@@ -40,6 +43,7 @@ __all__ = [
     "run_training",
     "select_device",
     "seed_everything",
+    "stratified_holdout",
     "train_from_bids",
     "train_vae",
     "vae_step",

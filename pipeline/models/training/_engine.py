@@ -1,5 +1,5 @@
 """The one training engine: device, mixed precision, seeding per epoch, checkpoint/resume, the
-epoch loop and ``log.csv``.
+epoch loop, the learning-rate schedule, early stopping on a validation split and ``log.csv``.
 
 :func:`run_training` trains any model on any dataset with a :class:`TrainingTask`, the part that
 differs between tasks (its step function, per-epoch evaluation and checkpoint fields). The
@@ -34,10 +34,12 @@ __all__ = [
     "CHECKPOINT",
     "TrainingTask",
     "autocast",
+    "epoch_learning_rate",
     "load_checkpoint",
     "run_training",
     "select_device",
     "seed_everything",
+    "stratified_holdout",
 ]
 
 CHECKPOINT = "checkpoint.pt"
@@ -50,6 +52,46 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)  # noqa: NPY002 - seeds libraries that use the global state
     torch.manual_seed(seed)
+
+
+def epoch_learning_rate(options: ModelOptions, epoch: int) -> float:
+    r"""Learning rate of ``epoch`` (from 0) under ``options.lr_schedule``.
+
+    ``constant``: ``learning_rate``. ``cosine``: linear warmup over ``warmup_epochs`` (epoch
+    ``e`` at ``(e + 1) / (warmup_epochs + 1)`` of it), then :math:`\eta \cdot \tfrac12 (1 +
+    \cos(\pi t / T))` with ``t`` the epochs since warmup and ``T`` those left, so the last epoch
+    still learns. A function of the epoch alone: a resumed run takes the same rates.
+
+    >>> opts = ModelOptions(epochs=4, learning_rate=1.0, lr_schedule="cosine")
+    >>> [round(epoch_learning_rate(opts, e), 3) for e in range(4)]
+    [1.0, 0.854, 0.5, 0.146]
+    """
+    lr = options.learning_rate
+    if options.lr_schedule == "constant":
+        return lr
+    warm = options.warmup_epochs
+    if epoch < warm:
+        return lr * (epoch + 1) / (warm + 1)
+    return lr * 0.5 * (1.0 + math.cos(math.pi * (epoch - warm) / max(1, options.epochs - warm)))
+
+
+def stratified_holdout(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Positions (fit, validation) of ``y``, stratified by class (``round(fraction * n_c)`` of
+    each class ``c`` that keeps at least one member for fitting).
+
+    >>> fit, val = stratified_holdout(np.array([0, 0, 0, 0, 1, 1, 1, 1]), 0.25, seed=0)
+    >>> len(fit), len(val), sorted(np.array([0, 0, 0, 0, 1, 1, 1, 1])[val].tolist())
+    (6, 2, [0, 1])
+    """
+    rng = np.random.default_rng(seed)
+    val = []
+    for c in np.unique(y):
+        members = rng.permutation(np.flatnonzero(y == c))
+        k = int(round(fraction * len(members)))
+        if 0 < k < len(members):
+            val.extend(members[:k].tolist())
+    val_idx = np.array(sorted(val), dtype=int)
+    return np.setdiff1d(np.arange(len(y)), val_idx), val_idx
 
 
 def _epoch_generator(seed: int, epoch: int) -> tuple[torch.Generator, np.random.Generator]:
@@ -138,6 +180,11 @@ class TrainingTask:
         outside it).
     evaluate : callable or None
         ``evaluate(model, device) -> dict`` of test metrics after each epoch (``test_<name>``).
+    validate : callable or None
+        ``validate(model, device) -> dict`` of validation metrics after each epoch
+        (``val_<name>``), ``"loss"`` among them: the engine keeps the weights of the epoch of
+        lowest validation loss (``best_epoch``; restored at the end) and, with
+        ``options.patience``, stops after that many epochs without a lower one.
     checkpoint : dict
         Task fields saved in every checkpoint (``task``, ``classes``, ``scale``).
     check_hparams : bool
@@ -148,6 +195,7 @@ class TrainingTask:
 
     step: Callable[..., dict[str, torch.Tensor]]
     evaluate: Callable[[nn.Module, torch.device], dict[str, float]] | None = None
+    validate: Callable[[nn.Module, torch.device], dict[str, float]] | None = None
     checkpoint: dict[str, Any] = field(default_factory=dict)
     check_hparams: bool = False
     epoch_extra: Callable[[nn.Module], dict[str, float]] | None = None
@@ -164,7 +212,10 @@ def run_training(
 
     Writes ``checkpoint.pt`` (atomically, after every epoch) and ``log.csv`` into ``out_dir``;
     with ``options.resume`` a rerun continues from the checkpoint and takes exactly the steps an
-    uninterrupted run would have taken (shuffling, augmentation and noise are seeded per epoch).
+    uninterrupted run would have taken (shuffling, augmentation and noise are seeded per epoch,
+    the learning rate is :func:`epoch_learning_rate` of the epoch, the best validation epoch so
+    far is in the checkpoint). With ``task.validate`` the model is left with the weights of the
+    epoch of lowest validation loss, and ``options.patience`` stops training early.
 
     Returns
     -------
@@ -181,8 +232,12 @@ def run_training(
     history: list[dict[str, Any]] = []
     start_epoch = 0
     ckpt = _resume(out / CHECKPOINT, model, optimizer, scaler, device, options, task.check_hparams)
+    best: dict[str, Any] = {"epoch": -1, "loss": math.inf, "state": None, "stopped": False}
     if ckpt is not None:
         history, start_epoch = ckpt["history"], ckpt["epoch"] + 1
+        best = ckpt.get("best") or best
+        if best["stopped"]:
+            start_epoch = options.epochs
     n_steps = math.ceil(len(train_data) / options.batch_size)
     bar = tqdm(
         total=(options.epochs - start_epoch) * n_steps,
@@ -194,6 +249,9 @@ def run_training(
         gen, rng = _epoch_generator(options.seed, epoch)
         noise = _noise_generator(options.seed, epoch, device)
         loader = DataLoader(train_data, batch_size=options.batch_size, shuffle=True, generator=gen)
+        lr = epoch_learning_rate(options, epoch)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
         model.train()
         t0, sums, n_seen = time.perf_counter(), None, 0
         for batch in loader:
@@ -220,6 +278,10 @@ def run_training(
             row.update(task.epoch_extra(model))
         if task.evaluate is not None:
             row.update({f"test_{k}": v for k, v in task.evaluate(model, device).items()})
+        if options.lr_schedule != "constant":
+            row["learning_rate"] = lr
+        if task.validate is not None:
+            _early_stopping(model, task.validate(model, device), epoch, best, options, row)
         history.append(row)
         bar.set_postfix(loss=f"{row.get('train_loss', float('nan')):.4f}")
         _save_checkpoint(
@@ -237,11 +299,37 @@ def run_training(
                 "classes": [],
                 **task.checkpoint,
                 "options": options.model_dump(),
+                "best": best,
             },
         )
         _write_log(out / "log.csv", history)
+        if best["stopped"]:
+            logger.info("%s: early stop after epoch %d (best %d)", name, epoch, best["epoch"])
+            break
     bar.close()
+    if best["state"] is not None:
+        model.load_state_dict(best["state"])
     return history, device, ckpt
+
+
+def _early_stopping(
+    model: nn.Module,
+    metrics: dict[str, float],
+    epoch: int,
+    best: dict[str, Any],
+    options: ModelOptions,
+    row: dict[str, Any],
+) -> None:
+    """Log the validation ``metrics`` in ``row``; keep the weights of a new lowest validation
+    loss in ``best`` and mark it ``stopped`` after ``options.patience`` epochs without one."""
+    row.update({f"val_{k}": v for k, v in metrics.items()})
+    loss = float(metrics["loss"])
+    if loss < best["loss"]:
+        state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        best.update(epoch=epoch, loss=loss, state=state)
+    row["best_epoch"] = best["epoch"]
+    if options.patience and epoch - best["epoch"] >= options.patience:
+        best["stopped"] = True
 
 
 def _write_log(path: Path, history: list[dict[str, Any]]) -> None:

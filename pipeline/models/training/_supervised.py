@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from pipeline.errors import ConfigError
 from pipeline.io import write_json
@@ -34,6 +34,7 @@ from pipeline.models.training._engine import (
     TrainingTask,
     load_checkpoint,
     run_training,
+    stratified_holdout,
 )
 from pipeline.symmetry import cube_rotations, random_rotations, rotate_cube, rotate_volume
 
@@ -129,7 +130,11 @@ def fit(
     out_dir : path-like
         Output folder (created).
     options : ModelOptions, optional
-        Epochs, batch size, optimiser, augmentation, device, AMP, seed, resume, progress.
+        Epochs, batch size, optimiser, learning-rate schedule, augmentation, device, AMP, seed,
+        resume, progress; ``val_fraction`` > 0 holds that share of ``train_data`` out
+        (stratified by class) for the engine's early stopping (the weights of the epoch of
+        lowest validation loss are kept, ``patience`` stops early; ``n_val``, ``best_epoch`` and
+        ``val`` in the metrics).
     task : {"classification", "regression"}
         Loss: cross-entropy on logits, or MSE on standardised targets.
     classes : list, optional
@@ -143,6 +148,7 @@ def fit(
     opts = options or ModelOptions()
     if hasattr(model, "penalty"):
         model.penalty = opts.symmetry_penalty
+    train_data, val_data = _validation_split(train_data, task, opts)
     scale = (0.0, 1.0)
     if task == "regression":
         ys = torch.stack([train_data[i][1] for i in range(len(train_data))]).float()
@@ -180,6 +186,11 @@ def fit(
                 if has_test
                 else None
             ),
+            validate=(
+                (lambda m, d: evaluate(m, val_data, task, d, opts.batch_size, opts.amp, scale))
+                if val_data is not None
+                else None
+            ),
             checkpoint={"scale": scale, "task": task, "classes": classes or []},
             epoch_extra=extra,
         ),
@@ -194,6 +205,9 @@ def fit(
         "history": history,
         "train": evaluate(model, train_data, task, device, opts.batch_size, opts.amp, scale),
     }
+    if val_data is not None:
+        result.update(n_val=len(val_data), best_epoch=history[-1].get("best_epoch"))
+        result["val"] = evaluate(model, val_data, task, device, opts.batch_size, opts.amp, scale)
     if has_test:
         result["test"] = evaluate(model, test_data, task, device, opts.batch_size, opts.amp, scale)
     if hasattr(model, "measured_epsilon"):  # relaxed models: their own measured epsilon
@@ -206,6 +220,22 @@ def fit(
         result["epsilon"]["measured_on"] = "test" if has_test else "train"
     write_json(Path(out_dir) / "metrics.json", result)
     return result
+
+
+def _validation_split(
+    data: Dataset, task: str, opts: ModelOptions
+) -> tuple[Dataset, Dataset | None]:
+    """``(fit part, validation part)`` of ``data`` with ``opts.val_fraction`` held out
+    (stratified by class for classification; seeded by ``opts.seed``), or ``(data, None)``."""
+    if opts.val_fraction <= 0:
+        return data, None
+    y = np.array([int(data[i][1]) if task == "classification" else 0 for i in range(len(data))])
+    fit_pos, val_pos = stratified_holdout(y, opts.val_fraction, opts.seed)
+    if not len(val_pos):
+        logger.warning("val_fraction %g of %d volumes is none: no early stopping",
+                       opts.val_fraction, len(data))  # fmt: skip
+        return data, None
+    return Subset(data, fit_pos.tolist()), Subset(data, val_pos.tolist())
 
 
 #: volumes the relaxed model's epsilon is measured on at the end of :func:`fit`
