@@ -13,15 +13,16 @@ whose extrapolated peak fits the budget (capped at 228,000). The streaming imple
 alone at 1,100 × 228,000.
 
 ``--scaling`` runs the scaling curve instead (section ``combat-scaling``): float32 data of
-``--features`` features (default 228,000) and 1,000 … 8,000 subjects (``--sizes``) from 20 sites,
-each size through today's streaming ``ComBat().fit_transform`` (one process) and through the
-map-reduce ComBat (:mod:`pipeline.gauge._mapreduce`) on a local dask cluster of 2 worker
-processes, in the same run; peak RSS per process (the client and each worker), time, and the
-largest difference between the two outputs. neuroCombat's cost at those sizes is extrapolated
-from its measured cost (it needs the whole float64 matrix and about 12× it in memory).
+``--features`` features (default 228,000) and 1,000 … 10,000 subjects (``--sizes``) from 20
+sites, each size through today's streaming ``ComBat().fit_transform`` (one process; only up to
+``--max-streaming`` subjects) and through the map-reduce ComBat (:mod:`pipeline.gauge._mapreduce`)
+on a local dask cluster of 2 worker processes, in the same run; peak RSS per process (the client
+and each worker), time, and the largest difference between the two outputs. neuroCombat's cost at
+those sizes is extrapolated from its measured cost (it needs the whole float64 matrix and about
+12× it in memory).
 
 Usage: ``python -m benchmarks.combat [--quick] [--nc-budget-gb 8]``,
-``python -m benchmarks.combat --scaling [--features 228000] [--sizes 1000 2000 4000 8000]``
+``python -m benchmarks.combat --scaling [--features 228000] [--sizes 1000 2000 4000 8000 10000]``
 """
 
 from __future__ import annotations
@@ -178,7 +179,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-write", action="store_true", help="do not write RESULTS.md")
     parser.add_argument("--scaling", action="store_true", help="the scaling curve instead")
     parser.add_argument("--features", type=int, default=FULL_FEATURES)
-    parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 2000, 4000, 8000])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 2000, 4000, 8000, 10000])
     parser.add_argument(
         "--max-streaming", type=int, default=10**9, help="largest size run with streaming too"
     )

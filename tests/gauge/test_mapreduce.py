@@ -96,8 +96,11 @@ def test_on_a_local_dask_cluster(make_data, tmp_path):
     ):
         model = fit_mapreduce(ComBat(), raw, site, cov, block_bytes=SMALL_BLOCKS, client=client)
         transform_mapreduce(model, raw, site, cov, out=out, block_bytes=SMALL_BLOCKS, client=client)
+        # the default client is found without being passed (block results stay on its workers)
+        again = fit_mapreduce(ComBat(), raw, site, cov, block_bytes=SMALL_BLOCKS)
     expected = ComBat().fit_transform(X, site, cov)
     assert np.abs(np.load(tmp_path / "o.npy") - expected).max() <= 1e-6
+    np.testing.assert_array_equal(again.gamma_star_, model.gamma_star_)
 
 
 def _peak_bytes(path, site: np.ndarray, block: int) -> int:
