@@ -30,6 +30,25 @@ def _seed_everything():
     torch.manual_seed(0)
 
 
+#: test folders run with torch single-threaded: on a busy 2-core machine, OpenMP barriers between
+#: two threads make small convolutions tens of times slower than one thread
+ONE_TORCH_THREAD = ("models", "symmetry")
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread(request):
+    """torch single-threaded in the :data:`ONE_TORCH_THREAD` folders (restored afterwards)."""
+    if request.path.parent.name not in ONE_TORCH_THREAD:
+        yield
+        return
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def rng() -> np.random.Generator:
     """A seeded numpy Generator."""

@@ -21,6 +21,7 @@ from nipype.interfaces.base import (
     traits,
 )
 
+from pipeline.data.templates import TEMPLATE_NAME
 from pipeline.io import save_image, write_json, write_text
 
 
@@ -32,7 +33,7 @@ def _out(runtime, name: str) -> Path:
 class _TemplateFilesInputSpec(BaseInterfaceInputSpec):
     resolution = traits.Enum(2, 1, usedefault=True, desc="template resolution (res- index)")
     template = traits.Str(
-        "MNI152NLin2009aSym", usedefault=True, desc="template name (shipped or TemplateFlow-cached)"
+        TEMPLATE_NAME, usedefault=True, desc="template name (shipped or TemplateFlow-cached)"
     )
 
 
