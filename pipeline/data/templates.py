@@ -105,6 +105,19 @@ def check_template(name: str, resolution: int) -> None:
     templateflow_files(name, resolution)
 
 
+def template_voxel_mm(name: str, resolution: int) -> float:
+    """Voxel size (mm) of template ``name`` at ``resolution``, from its header only (no data read).
+
+    >>> template_voxel_mm(TEMPLATE_NAME, 1)
+    1.0
+    """
+    check_template(name, resolution)
+    if name == TEMPLATE_NAME:
+        return float(resolution)
+    header = nib.load(templateflow_files(name, resolution)["t1w"]).header
+    return float(header.get_zooms()[0])
+
+
 def load_template(resolution: int = 2, name: str = TEMPLATE_NAME) -> Template:
     """Load template ``name`` at resolution ``resolution``.
 

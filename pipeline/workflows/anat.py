@@ -267,11 +267,11 @@ def init_ds_anat_wf(
     parameters, seed) goes into every JSON sidecar, with the declared description added, and the
     segmentation's method (and any failure) in the tissue maps' sidecars.
     """
-    from pipeline.data.templates import load_template
+    from pipeline.data.templates import template_voxel_mm
 
     workflow = pe.Workflow(name=name)
     keys = declared_outputs(options)
-    voxel_mm = float(load_template(options.resolution, options.template).t1w.header.get_zooms()[0])
+    voxel_mm = template_voxel_mm(options.template, options.resolution)  # header only
     fields = sorted({_FIELD_OF[k][0] for k in keys} | {"segmentation_report"})
     inputnode = pe.Node(niu.IdentityInterface(fields=fields), name="inputnode")
     connections = []
