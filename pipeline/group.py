@@ -190,7 +190,7 @@ def _harmonize(
     from pipeline.group_features import fc_features, gm_features
 
     if "site" not in participants:
-        from pipeline.gauge._run import missing_site_column
+        from pipeline.gauge import missing_site_column
 
         reason = missing_site_column(participants.columns, config.gauge.site_column)
         logger.warning("harmonization skipped: %s", reason)
@@ -233,7 +233,7 @@ def _harmonize_voxelwise(
 ) -> dict:
     """Voxel-wise ComBat of the template-space GM maps (``kind="gm"``) or T1w (``"t1w"``)."""
     from pipeline.dask_cluster import dask_client
-    from pipeline.gauge._voxelwise import run_voxelwise_harmonization, t1w_normalizer
+    from pipeline.gauge import run_voxelwise_harmonization, t1w_normalizer
     from pipeline.group_features import gm_maps, maps_space, maps_template, t1w_maps
 
     res = config.anat.resolution

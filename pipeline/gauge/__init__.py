@@ -19,7 +19,8 @@ from pipeline.gauge._mapreduce import add_sites_mapreduce, fit_mapreduce, transf
 from pipeline.gauge._persist import save_model
 from pipeline.gauge._qc import biology_kept, effect_maps, site_prediction
 from pipeline.gauge._registry import build_harmonizer, register_harmonizer
-from pipeline.gauge._run import run_harmonization
+from pipeline.gauge._run import missing_site_column, run_harmonization
+from pipeline.gauge._voxelwise import run_voxelwise_harmonization, t1w_normalizer
 from pipeline.gauge.options import GaugeOptions
 
 
@@ -46,11 +47,14 @@ __all__ = [
     "fit_mapreduce",
     "fit_site_statistics",
     "load_model",
+    "missing_site_column",
     "normalize_t1w",
     "run_harmonization",
+    "run_voxelwise_harmonization",
     "save_model",
     "site_prediction",
     "site_statistics",
+    "t1w_normalizer",
     "transform_mapreduce",
     "whitestripe_normalize",
     "zscore_normalize",
