@@ -397,7 +397,7 @@ def t1w_normalizer(
         return None
     nyul = None
     if options.intensity_method == "nyul":
-        from pipeline.gauge import NyulStandardizer
+        from pipeline.gauge._intensity import NyulStandardizer
         from pipeline.gauge._run import train_mask
 
         chosen = train_mask(participants.loc[list(maps)], options)
