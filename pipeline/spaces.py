@@ -11,10 +11,14 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import get_args
 
+from pipeline.anat.options import AnatOptions
 from pipeline.data.templates import TemplateNotAvailableError, check_template
 from pipeline.errors import ConfigError
 
+#: the resolution indices a run can use: those ``anat.resolution`` accepts
+RESOLUTION_INDICES = get_args(AnatOptions.model_fields["resolution"].annotation)
 _SPACE = re.compile(r"^(?P<name>[A-Za-z0-9]+)(?::res-(?P<res>\d+))?$")
 
 
@@ -45,6 +49,11 @@ def parse_output_spaces(values: list[str], default_resolution: int = 2) -> list[
             raise ConfigError(f"--output-spaces: {value!r} is not NAME or NAME:res-N")
         name = match["name"]
         index = int(match["res"]) if match["res"] is not None else default_resolution
+        if index not in RESOLUTION_INDICES:
+            raise ConfigError(
+                f"--output-spaces: {name} res-{index}: symprep writes res-1 or res-2 grids "
+                "(anat.resolution)"
+            )
         try:
             check_template(name, index)
         except TemplateNotAvailableError as exc:
