@@ -38,6 +38,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from benchmarks._paired import paired_ci, verdict
+
 logger = logging.getLogger("roiset_grid")
 
 MODELS = ("flat_mlp", "flat_mlp_aug", "roiset", "roiset_coords", "roiset_relaxed", "eig_logreg")
@@ -219,26 +221,6 @@ def _fit_predict(make, x, permute, fi, va, te, yt, y, opts, seed):
     with torch.no_grad():
         pred = model(x[te]).argmax(1).numpy()
     return model, pred == y[te]
-
-
-def paired_ci(a: np.ndarray, b: np.ndarray, n_boot: int = 5000, seed: int = 0) -> tuple:
-    """Mean of the per-subject difference ``a - b`` and its 95% bootstrap CI over subjects."""
-    d = a - b
-    rng = np.random.default_rng(seed)
-    boots = d[rng.integers(0, len(d), (n_boot, len(d)))].mean(axis=1)
-    return float(d.mean()), float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))
-
-
-def verdict(mean: float, lo: float, hi: float, margin: float = 0.03) -> str:
-    """``holds`` / ``reversed`` (CI excludes 0), ``equivalent`` (CI within ±margin), else
-    ``inconclusive``."""
-    if lo > 0:
-        return "holds"
-    if hi < 0:
-        return "reversed (the CI excludes 0 on the other side)"
-    if -margin <= lo and hi <= margin:
-        return f"no effect (CI within ±{margin})"
-    return "inconclusive"
 
 
 def power_text(n: int, sd_d: float = 0.45, margin: float = 0.03) -> str:
