@@ -49,6 +49,7 @@ import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
+from benchmarks._paired import MARGIN, half_width, paired_ci, seeds_needed, verdict
 from benchmarks._results import machine_line, write_section
 from pipeline.anat.synthetic import cube_points, sample_template, smooth_displacement
 from pipeline.models import build_model, n_parameters
@@ -74,6 +75,10 @@ ARM_CHOICES = (*ARMS, "relaxed_free")
 EPSILON_VOLUMES = 8
 
 
+#: the demo scale's size (the power calculation of :func:`power_lines` reads these)
+DEMO_TRAIN, DEMO_TEST, DEMO_EPOCHS, DEMO_SEEDS = 96, 160, 15, 24
+
+
 @dataclass
 class Scale:
     """Size of one grid run."""
@@ -87,6 +92,11 @@ class Scale:
     seeds: int
     learning_rate: float = 5e-3
     hparams: dict = field(default_factory=dict)
+    # the recipe whose seeds agree (issue 16): cosine decay, early stopping on a stratified
+    # validation share of the training subjects (the best validation epoch is kept)
+    lr_schedule: str = "cosine"
+    val_fraction: float = 0.2
+    patience: int = 5
     warp_mm: float = 6.0
     residual: float = 0.3
     effect_sigma_mm: float = 15.0
@@ -96,15 +106,16 @@ class Scale:
 
 
 SCALES = {
-    # small models at 12 mm: 60 trainings in about 15 minutes on 2 busy CPU cores
+    # small models at 12 mm, sized by the power calculation in RESULTS.md: 20 cells per seed,
+    # seeds run in parallel (``--jobs 2``), within 60 minutes of 2 CPU cores
     "demo": Scale(
         voxel_mm=12.0,
         side=17,
-        n_train=32,
-        n_test=32,
-        epochs=8,
-        batch_size=4,
-        seeds=3,
+        n_train=DEMO_TRAIN,
+        n_test=DEMO_TEST,
+        epochs=DEMO_EPOCHS,
+        batch_size=8,
+        seeds=DEMO_SEEDS,
         hparams={
             "cnn": {"widths": (8, 16, 32)},
             "octahedral": {"widths": (1, 2, 4)},
@@ -247,21 +258,32 @@ def run_cell(arm, kind, data, labels, scale, seed, device, workdir) -> dict:
     y_train, y_test = labels[: scale.n_train], labels[scale.n_train :]
     opts = ModelOptions(
         epochs=scale.epochs, batch_size=scale.batch_size, learning_rate=scale.learning_rate,
+        lr_schedule=scale.lr_schedule, val_fraction=scale.val_fraction, patience=scale.patience,
         augment=augment, device=device.type, seed=seed, resume=False, progress=False,
         symmetry_penalty=0.0 if arm == "relaxed_free" else ModelOptions().symmetry_penalty,
     )  # fmt: skip
     test_set = TensorDataset(x_test, y_test)
     res = fit(model, TensorDataset(x_train, y_train), test_set, workdir / f"{arm}_{kind}_{seed}",
               opts)  # fmt: skip
-    from pipeline.models.training import evaluate
-
-    test = evaluate(model, test_set, "classification", device, 16, True)
+    correct = _predict(model, x_test, device) == y_test.numpy()
     vps = statistics.median(r["train_volumes_per_s"] for r in res["history"])
     model.eval()
     eps = res.get("epsilon") or cube_epsilon(model, x_test[:EPSILON_VOLUMES].to(device))
-    return {"accuracy": test["accuracy"], "parameters": n_parameters(model), "train_vps": vps,
+    return {"accuracy": float(correct.mean()), "correct": correct.astype(int).tolist(),
+            "parameters": n_parameters(model), "train_vps": vps,
+            "epochs_run": len(res["history"]), "best_epoch": res.get("best_epoch"),
             "epsilon": eps["epsilon"], "epsilon_mean": eps["epsilon_mean"],
             "epsilon_source": "model" if "epsilon" in res else "benchmark", "model": model}  # fmt: skip
+
+
+@torch.no_grad()
+def _predict(model: torch.nn.Module, x: torch.Tensor, device, batch: int = 32) -> np.ndarray:
+    """Predicted class of every volume of ``x``."""
+    model.eval()
+    outs = [
+        model(x[i : i + batch].to(device)).float().argmax(1).cpu() for i in range(0, len(x), batch)
+    ]
+    return torch.cat(outs).numpy()
 
 
 @torch.no_grad()
@@ -283,17 +305,6 @@ def so3_errors(model, x: torch.Tensor, n_rot: int, seed: int, device) -> tuple[f
     return float(err.mean()) / spread, float(floor.mean()) / spread
 
 
-def _verdict(a: list[float], b: list[float]) -> str:
-    """'holds' / 'does not hold' / 'inconclusive' for mean(a) > mean(b), by a pooled-sd margin."""
-    ma, mb = statistics.mean(a), statistics.mean(b)
-    sd = math.sqrt((statistics.pvariance(a) + statistics.pvariance(b)) / 2) if len(a) > 1 else 0
-    if ma - mb > sd:
-        return f"holds ({ma:.3f} vs {mb:.3f})"
-    if mb - ma > sd:
-        return f"does not hold ({ma:.3f} vs {mb:.3f})"
-    return f"inconclusive ({ma:.3f} vs {mb:.3f}, within one pooled sd {sd:.3f})"
-
-
 def _save_json(path: Path | None, scale: Scale, results: dict) -> None:
     if path is None:
         return
@@ -310,32 +321,93 @@ def _load_json(path: Path) -> tuple[Scale, dict]:
     return Scale(**payload["scale"]), {"cells": cells, "equivariance": eq}
 
 
+def run_seed(
+    scale: Scale, seed: int, device: torch.device, arms, inputs, template_cache: Path | None = None
+) -> tuple[dict, dict]:
+    """Every (arm, input) cell of one seed: its own subjects (training and test), initialisations
+    and shuffles. Returns ``({(arm, input): result}, {arm: (SO(3) error, floor)})`` (the errors on
+    seed 0 only)."""
+    global TEMPLATE_CACHE
+    if template_cache is not None:
+        TEMPLATE_CACHE = template_cache
+    data, labels = make_inputs(scale, scale.n_train + scale.n_test, 1000 + seed, device)
+    cells, eq = {}, {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for kind in inputs:
+            for arm in arms:
+                t0 = time.perf_counter()
+                r = run_cell(arm, kind, data, labels, scale, seed, device, Path(tmp))
+                model = r.pop("model")
+                if seed == 0 and kind == "registered":
+                    x = data["registered"][scale.n_train :][:8]
+                    eq[arm] = so3_errors(model, x, scale.n_rotations, seed, device)
+                r["seconds"] = time.perf_counter() - t0
+                cells[(arm, kind)] = r
+                logger.info("seed %d %s/%s: accuracy %.3f (%d epochs, %.0f s)", seed, arm,
+                            kind, r["accuracy"], r["epochs_run"], r["seconds"])  # fmt: skip
+    return cells, eq
+
+
+def _worker(scale, seed, device_type, arms, inputs, template_cache, threads):
+    torch.set_num_threads(threads)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    return seed, run_seed(scale, seed, torch.device(device_type), arms, inputs, template_cache)
+
+
 def run_grid(
-    scale: Scale, device: torch.device, arms=ARMS, inputs=INPUTS, json_path: Path | None = None
+    scale: Scale,
+    device: torch.device,
+    arms=ARMS,
+    inputs=INPUTS,
+    json_path: Path | None = None,
+    jobs: int = 1,
 ) -> dict:
-    """Every cell over ``scale.seeds`` seeds; returns the raw results (saved after each cell)."""
+    """Every cell over ``scale.seeds`` seeds, ``jobs`` seeds at a time (one process each, one
+    torch thread each on CPU); returns the raw results (saved after each seed)."""
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from multiprocessing import get_context
+
     from tqdm.auto import tqdm
 
     cells: dict[tuple[str, str], list[dict]] = {}
     eq: dict[str, tuple[float, float]] = {}
     results = {"cells": cells, "equivariance": eq}
-    bar = tqdm(total=scale.seeds * len(arms) * len(inputs), desc="grid", unit="run")
-    with tempfile.TemporaryDirectory() as tmp:
+    per_seed: dict[int, dict] = {}
+
+    def collect(seed, seed_cells, seed_eq):
+        per_seed[seed] = seed_cells
+        eq.update(seed_eq)
+        cells.clear()
+        for s in sorted(per_seed):  # seed order, whatever order the seeds finished in
+            for key, r in per_seed[s].items():
+                cells.setdefault(key, []).append(r | {"seed": s})
+        _save_json(json_path, scale, results)
+
+    bar = tqdm(total=scale.seeds, desc="grid seeds", unit="seed")
+    if jobs <= 1 or device.type == "cuda":
         for seed in range(scale.seeds):
-            data, labels = make_inputs(scale, scale.n_train + scale.n_test, 1000 + seed, device)
-            for kind in inputs:
-                for arm in arms:
-                    t0 = time.perf_counter()
-                    r = run_cell(arm, kind, data, labels, scale, seed, device, Path(tmp))
-                    model = r.pop("model")
-                    if seed == 0 and kind == "registered":
-                        x = data["registered"][scale.n_train :][:8]
-                        eq[arm] = so3_errors(model, x, scale.n_rotations, seed, device)
-                    r["seconds"] = time.perf_counter() - t0
-                    cells.setdefault((arm, kind), []).append(r)
-                    _save_json(json_path, scale, results)
-                    bar.set_postfix(arm=arm, input=kind, acc=f"{r['accuracy']:.2f}")
-                    bar.update()
+            collect(seed, *run_seed(scale, seed, device, arms, inputs))
+            bar.update()
+    else:
+        threads = max(1, torch.get_num_threads() // jobs)
+        with ProcessPoolExecutor(jobs, mp_context=get_context("spawn")) as pool:
+            futures = [
+                pool.submit(
+                    _worker,
+                    scale,
+                    seed,
+                    device.type,
+                    tuple(arms),
+                    tuple(inputs),
+                    TEMPLATE_CACHE,
+                    threads,
+                )  # fmt: skip
+                for seed in range(scale.seeds)
+            ]
+            for fut in as_completed(futures):
+                seed, (seed_cells, seed_eq) = fut.result()
+                collect(seed, seed_cells, seed_eq)
+                bar.update()
     bar.close()
     return results
 
@@ -389,38 +461,78 @@ def report(
         for arm, (e, f) in eq.items():
             lines.append(f"| {arm} | {e:.2e} | {f:.2e} | {e / max(f, 1e-12):.1f} |")
     lines += _epsilon_lines(cells, arms, inputs)
-    # the seed's findings
-    rot = [k for k in inputs if k.endswith("rotated")]
-    pool = lambda arms_, ks: [a for arm in arms_ for k in ks for a in acc.get((arm, k), [])]  # noqa: E731
-    findings = []
-    if {"relaxed", "octahedral", "steerable"} <= set(arms):
-        exact = max(("octahedral", "steerable"), key=lambda a: statistics.mean(pool([a], inputs)))
-        findings.append(
-            f"- Approximate beats exact invariance (relaxed vs best exact, {exact}, all inputs): "
-            + _verdict(pool(["relaxed"], inputs), pool([exact], inputs))
-        )
-    if {"registered", "native"} <= set(inputs):
-        findings.append(
-            "- Invariant preprocessing helps (registered vs native inputs, all models): "
-            + _verdict(
-                pool(arms, ["registered", "registered_rotated"]),
-                pool(arms, ["native", "native_rotated"]),
-            )  # fmt: skip
-        )
-    if rot and "cnn" in arms:
-        built = [a for a in ("octahedral", "steerable", "relaxed") if a in arms]
-        findings.append(
-            "- Built-in invariance helps (equivariant models vs plain cnn, rotated inputs): "
-            + _verdict(pool(built, rot), pool(["cnn"], rot))
-        )
-        if "cnn_aug" in arms:
-            findings.append(
-                "- Built-in invariance vs augmentation (equivariant models vs cnn + SO(3) "
-                "augmentation, rotated inputs): "
-                + _verdict(pool(built, rot), pool(["cnn_aug"], rot))
-            )
-    lines += ["", "Do the seed's findings hold here?", "", *findings]
+    lines += ["", *power_lines(scale), "", *finding_lines(cells, arms, inputs)]
     return "\n".join(lines)
+
+
+#: assumed before the run (power calculation): sd of the per-subject difference of correctness
+#: of two arms, and sd between seeds of their mean difference beyond test sampling
+ASSUMED_SD_SUBJECT, ASSUMED_SD_SEED = 0.37, 0.08
+
+
+def power_lines(scale: Scale) -> list[str]:
+    """The power calculation the scale was sized by (:mod:`benchmarks._paired`)."""
+    hw = half_width(ASSUMED_SD_SEED, ASSUMED_SD_SUBJECT, scale.seeds, scale.n_test)
+    mde = hw * (1.96 + 0.84) / 1.96
+    k_eq = seeds_needed(ASSUMED_SD_SEED, ASSUMED_SD_SUBJECT, scale.n_test, MARGIN / 2)
+    return [
+        "Power calculation (before the run): each finding is a paired difference of correctness "
+        "on the same test subjects, with a two-stage bootstrap CI (seeds, then subjects within a "
+        "seed: each seed has its own subjects, initialisations and shuffles). Its expected 95% "
+        "half-width is 1.96·√(σ_s²/k + σ_d²/(k·n)) for k seeds of n test subjects. Assuming "
+        f"σ_d ≈ {ASSUMED_SD_SUBJECT} per subject and σ_s ≈ {ASSUMED_SD_SEED} between seeds (a "
+        "2-seed pilot of this recipe, 96 training subjects with cosine decay and early stopping, "
+        "gave σ_d 0.35–0.37 and per-seed differences sd 0.08, 0.24 where one relaxed training "
+        f"failed): with k = {scale.seeds} and n = {scale.n_test}, half-width ≈ {hw:.3f}, so a "
+        f"difference of {mde:.3f} is detected with 80% power; equivalence within ±{MARGIN} (a "
+        f"half-width ≲ {MARGIN / 2:g}, room for a small point estimate) would need k ≈ {k_eq} "
+        "seeds, beyond the 60-minute budget, so a null difference may stay inconclusive. The findings "
+        "pool several cells (models, inputs) per subject, which narrows their intervals further.",
+    ]
+
+
+def _subject_means(cells: dict, arms, inputs) -> np.ndarray | None:
+    """Correctness per (seed, test subject), averaged over the cells of ``arms`` × ``inputs``."""
+    rows = [np.array([r["correct"] for r in cells[(a, k)]], dtype=float)
+            for a in arms for k in inputs if (a, k) in cells and "correct" in cells[(a, k)][0]]  # fmt: skip
+    return np.mean(rows, axis=0) if rows else None
+
+
+def finding_lines(cells: dict, arms: list[str], inputs: list[str]) -> list[str]:
+    """The seed's four findings as paired differences with 95% CIs, and their verdicts."""
+    rot = [k for k in inputs if k.endswith("rotated")]
+    built = [a for a in ("octahedral", "steerable", "relaxed") if a in arms]
+    tests = []
+    if {"relaxed", "octahedral"} <= set(arms):
+        tests.append(("Approximate beats exact invariance (relaxed vs its exact counterpart, "
+                      "octahedral, all inputs)", ["relaxed"], inputs, ["octahedral"], inputs))  # fmt: skip
+    if {"registered", "native"} <= set(inputs):
+        reg = [k for k in inputs if k.startswith("registered")]
+        nat = [k for k in inputs if k.startswith("native")]
+        tests.append(("Invariant preprocessing helps (registered vs native inputs, all models)",
+                      arms, reg, arms, nat))  # fmt: skip
+    if rot and built and "cnn" in arms:
+        tests.append(("Built-in invariance helps (octahedral, steerable, relaxed vs plain cnn, "
+                      "rotated inputs)", built, rot, ["cnn"], rot))  # fmt: skip
+    if rot and built and "cnn_aug" in arms:
+        tests.append(("Built-in invariance beats augmentation (octahedral, steerable, relaxed vs "
+                      "cnn + SO(3) augmentation, rotated inputs)", built, rot, ["cnn_aug"], rot))  # fmt: skip
+    out = ["Do the seed's findings hold here? (paired difference of accuracy, 95% two-stage "
+           "bootstrap CI over seeds and test subjects)", ""]  # fmt: skip
+    for title, arms_a, in_a, arms_b, in_b in tests:
+        a, b = _subject_means(cells, arms_a, in_a), _subject_means(cells, arms_b, in_b)
+        if a is None or b is None:
+            out.append(f"- {title}: not measured (results saved before per-subject correctness)")
+            continue
+        mean, lo, hi = paired_ci(a, b)
+        seed_diffs = (a - b).mean(axis=1)
+        sd_seed = float(np.std(seed_diffs, ddof=1)) if len(seed_diffs) > 1 else 0.0
+        out.append(
+            f"- {title}: {a.mean():.3f} vs {b.mean():.3f}, difference {mean:+.3f} "
+            f"[{lo:+.3f}, {hi:+.3f}] (per-seed differences sd {sd_seed:.3f}, σ_d "
+            f"{float((a - b).std()):.2f}): **{verdict(mean, lo, hi)}**"
+        )
+    return out
 
 
 def _spearman(pairs: list[tuple[float, float]]) -> float:
@@ -517,7 +629,9 @@ def main(argv: list[str] | None = None) -> int:
         "--threads", type=int, default=1,
         help="torch CPU threads (1: many small convolutions; avoids OpenMP contention)",
     )  # fmt: skip
-    parser.add_argument("--json", type=Path, default=None, help="raw results, saved per cell")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="seeds trained at once, one process each (CPU)")  # fmt: skip
+    parser.add_argument("--json", type=Path, default=None, help="raw results, saved per seed")
     parser.add_argument("--figure", type=Path, default=None, help="accuracy bar chart (PNG)")
     parser.add_argument("--no-write", action="store_true", help="do not touch RESULTS.md")
     parser.add_argument("--template-cache", type=Path, default=None,
@@ -549,7 +663,7 @@ def main(argv: list[str] | None = None) -> int:
         device = select_device(args.device)
         torch.backends.cudnn.benchmark = True
         t0 = time.perf_counter()
-        results = run_grid(scale, device, args.arms, args.inputs, args.json)
+        results = run_grid(scale, device, args.arms, args.inputs, args.json, args.jobs)
         text = report(results, args.scale, scale, device, time.perf_counter() - t0)
     print(text)  # noqa: T201 - the benchmark's report
     if args.figure:
