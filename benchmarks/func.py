@@ -56,7 +56,7 @@ def motion_error(bids: Path, subject: str, confounds: Path, start: int) -> tuple
 def coreg_error(bids: Path, subject: str, t1w_mask: Path, coreg_xfm: Path | None, start: int):
     """Mean displacement error of the coregistration (``None``: the header pose) over the T1w
     brain, against the generator's true mapping (:mod:`pipeline.func.coreg_eval`)."""
-    from pipeline.anat._antsio import read_affine
+    from pipeline.antsio import read_affine
     from pipeline.data.groundtruth import truth_coregistration
     from pipeline.func.coreg_eval import brain_points, coreg_accuracy
 
@@ -156,7 +156,7 @@ def _ants_motion_correction(data: np.ndarray, affine: np.ndarray) -> np.ndarray:
     to volume 0."""
     import ants
 
-    from pipeline.anat._antsio import nib_to_ants, read_affine
+    from pipeline.antsio import nib_to_ants, read_affine
     from pipeline.func.motion_eval import relative_to_first
 
     first = nib_to_ants(nib.Nifti1Image(data[..., 0], affine))

@@ -210,11 +210,11 @@ def run(
     """Generate and register every case with the three methods; rewrite the section after each."""
     import ants
 
-    from pipeline.anat._antsio import nib_to_ants
     from pipeline.anat.bias import n4_correct
     from pipeline.anat.header import sanitize_t1w
     from pipeline.anat.options import AnatOptions
     from pipeline.anat.registration import ants_seed, register_to_template
+    from pipeline.antsio import nib_to_ants
     from pipeline.data.demo import brain_centre
     from pipeline.data.templates import load_template
 

@@ -40,8 +40,8 @@ SUCCESS_RHO = 0.85
 def _measure(template, subject_img, transforms, linear, truth, points, mask):
     import ants
 
-    from pipeline.anat._antsio import nib_to_ants
     from pipeline.anat.synthetic import displacement_error
+    from pipeline.antsio import nib_to_ants
 
     warped = ants.apply_transforms(
         nib_to_ants(template.t1w), nib_to_ants(subject_img), transforms
@@ -73,12 +73,12 @@ def run(n: int, seed: int, write: bool = True) -> tuple[str, list[dict]]:
     """Register every case with both methods; rewrite the results section after each case."""
     import ants
 
-    from pipeline.anat._antsio import nib_to_ants, read_affine
     from pipeline.anat.bias import n4_correct
     from pipeline.anat.header import sanitize_t1w
     from pipeline.anat.options import AnatOptions
     from pipeline.anat.registration import register_to_template
     from pipeline.anat.synthetic import pose_image, rigid_about
+    from pipeline.antsio import nib_to_ants, read_affine
     from pipeline.data.templates import load_template
 
     template = load_template(2)

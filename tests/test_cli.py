@@ -373,7 +373,7 @@ def test_run_workflow_reports_the_crashed_node(tmp_path, fresh_execution):
     from nipype.interfaces.utility import Function
     from nipype.pipeline import engine as pe
 
-    from pipeline.workflows._execute import run_workflow
+    from pipeline.workflows.execution import run_workflow
 
     def boom(x):
         raise ValueError(f"planted failure {x}")
@@ -394,7 +394,7 @@ def test_multiproc_runs_under_the_memory_limit(tmp_path, fresh_execution):
     from nipype.interfaces.utility import Function
     from nipype.pipeline import engine as pe
 
-    from pipeline.workflows._execute import configure_execution, plugin_settings, run_workflow
+    from pipeline.workflows.execution import configure_execution, plugin_settings, run_workflow
 
     def double(x):
         return 2 * x

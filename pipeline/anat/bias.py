@@ -9,8 +9,8 @@ from __future__ import annotations
 import nibabel as nib
 import numpy as np
 
-from pipeline.anat._antsio import ants_to_nib, nib_to_ants
 from pipeline.anat.pose import foreground_mask
+from pipeline.antsio import ants_to_nib, nib_to_ants
 
 
 def n4_correct(img: nib.spatialimages.SpatialImage, shrink_factor: int = 4) -> nib.Nifti1Image:

@@ -27,9 +27,9 @@ import nibabel as nib
 import numpy as np
 from scipy import stats
 
-from pipeline.anat._antsio import nib_to_ants
 from pipeline.anat.options import AnatOptions
 from pipeline.anat.pose import mutual_information, rank_normalize
+from pipeline.antsio import nib_to_ants
 
 #: the QC metrics in the order they are written
 QC_COLUMNS = (

@@ -26,9 +26,9 @@ import ants
 import nibabel as nib
 import numpy as np
 
-from pipeline.anat._antsio import nib_to_ants, read_affine, strip_hdf5_times, write_affine
 from pipeline.anat.options import AnatOptions
 from pipeline.anat.pose import foreground_mask, mutual_information, rank_normalize, search_pose
+from pipeline.antsio import nib_to_ants, read_affine, strip_hdf5_times, write_affine
 
 logger = logging.getLogger(__name__)
 

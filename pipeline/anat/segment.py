@@ -33,8 +33,8 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-from pipeline.anat._antsio import ants_to_nib, nib_to_ants
 from pipeline.anat.pose import foreground_mask
+from pipeline.antsio import ants_to_nib, nib_to_ants
 
 logger = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ _SCALE_MB = {"k": 1e-3, "m": 1.0, "g": 1e3, "t": 1e6}
 def _write_citation(output_dir: Path, config) -> Path:
     """``logs/CITATION.md``: the methods boilerplate of this configuration, with references."""
     from pipeline.io import write_text
-    from pipeline.reports._methods import boilerplate, citation_markdown
+    from pipeline.reports.methods import boilerplate, citation_markdown
 
     return write_text(output_dir / "logs" / "CITATION.md", citation_markdown(boilerplate(config)))
 
@@ -158,7 +158,7 @@ def run(args: argparse.Namespace) -> int:
     """Run the participant or group level; exit status 1 if any subject failed."""
     from pipeline.bids import check_bids_dir, init_derivatives, select_participants
     from pipeline.config import load_config
-    from pipeline.workflows._execute import configure_execution
+    from pipeline.workflows.execution import configure_execution
 
     bids_filters = None
     if getattr(args, "bids_filter_file", None):

@@ -108,15 +108,15 @@ def _covariates(parts: pd.DataFrame, names: list[str], where: Path) -> pd.DataFr
 
 def run(args: argparse.Namespace) -> int:
     """Run one step; return 0."""
-    from pipeline.gauge import ComBat
-    from pipeline.gauge._distributed import (
+    from pipeline.gauge import (
+        ComBat,
+        HarmonizationError,
         SiteStatistics,
         add_site_statistics,
         fit_site_statistics,
         site_statistics,
+        transform_mapreduce,
     )
-    from pipeline.gauge._errors import HarmonizationError
-    from pipeline.gauge._mapreduce import transform_mapreduce
 
     if args.step == "fit":
         stats = [SiteStatistics.load(p) for p in args.stats]

@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     from pipeline.bids_names import clean_label
     from pipeline.errors import InputError, SymprepError
     from pipeline.reports import build_group_report, build_subject_report
-    from pipeline.reports._collect import subjects_in
+    from pipeline.reports.collect import subjects_in
 
     out = Path(args.output_dir)
     if not out.is_dir():

@@ -43,7 +43,7 @@ def truth_anat(bids_dir: Path, subject: str, out_dir: Path) -> dict[str, Path]:
     """
     from scipy import ndimage
 
-    from pipeline.anat._antsio import write_affine
+    from pipeline.antsio import write_affine
     from pipeline.data.templates import load_template
     from pipeline.io import save_image
 

@@ -109,8 +109,8 @@ def coregister(
     """
     import ants
 
-    from pipeline.anat._antsio import nib_to_ants, read_affine
     from pipeline.anat.registration import ants_seed
+    from pipeline.antsio import nib_to_ants, read_affine
 
     mask = np.asarray(t1w_mask.get_fdata()) > 0.5
     brain = nib.Nifti1Image(np.asarray(t1w.get_fdata(dtype=np.float32)) * mask, t1w.affine)

@@ -233,7 +233,7 @@ def _ants_rigid(fixed, moving, affine, mask, iterations: Sequence[int]) -> np.nd
     import ants
     import nibabel as nib
 
-    from pipeline.anat._antsio import nib_to_ants, read_affine
+    from pipeline.antsio import nib_to_ants, read_affine
 
     fix = nib_to_ants(nib.Nifti1Image(np.asarray(fixed, np.float32), affine))
     mov = nib_to_ants(nib.Nifti1Image(np.asarray(moving, np.float32), affine))

@@ -125,7 +125,7 @@ class HeadMotion(SimpleInterface):
     output_spec = _HeadMotionOutputSpec
 
     def _run_interface(self, runtime):
-        from pipeline.anat._antsio import write_itk_affines
+        from pipeline.antsio import write_itk_affines
         from pipeline.func.motion import estimate_motion, matrices_to_frame, register_rigid
 
         img = nib.load(self.inputs.in_file)
@@ -264,7 +264,7 @@ class Coregister(SimpleInterface):
 
     def _run_interface(self, runtime):
         from pipeline._itk_child import call_with_itk_threads
-        from pipeline.anat._antsio import write_affine
+        from pipeline.antsio import write_affine
         from pipeline.func.coreg import coregister
 
         args = (

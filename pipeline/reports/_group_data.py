@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.io import read_json
-from pipeline.reports._collect import read_table
+from pipeline.reports.collect import read_table
 
 logger = logging.getLogger(__name__)
 

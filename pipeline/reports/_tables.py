@@ -8,7 +8,7 @@ from typing import Any
 
 import pandas as pd
 
-from pipeline.reports._collect import read_table
+from pipeline.reports.collect import read_table
 
 #: columns that may hold the participant label in a group table
 ID_COLUMNS = ("participant_id", "participant", "subject", "sub")

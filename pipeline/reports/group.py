@@ -19,7 +19,6 @@ from typing import Any
 import pandas as pd
 
 from pipeline.io import read_json
-from pipeline.reports._collect import collect_subject, read_table, subjects_in
 from pipeline.reports._group_data import (
     ROI_MODEL_LABELS,
     harmonization_embedding,
@@ -34,9 +33,10 @@ from pipeline.reports._group_figures import (
     roi_accuracy_figure,
     training_curves_figure,
 )
-from pipeline.reports._methods import Methods, group_methods, snakemake_sentence
 from pipeline.reports._render import Figure, render_page
 from pipeline.reports._tables import audit_tables, fmt, frame_table
+from pipeline.reports.collect import collect_subject, read_table, subjects_in
+from pipeline.reports.methods import Methods, group_methods, snakemake_sentence
 
 logger = logging.getLogger(__name__)
 

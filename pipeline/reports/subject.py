@@ -13,16 +13,16 @@ from typing import Any
 
 from pipeline.reports import _anat_figures as af
 from pipeline.reports import _func_figures as ff
-from pipeline.reports._collect import SubjectOutputs, collect_subject, read_table, sidecar
 from pipeline.reports._group_data import (
     harmonization_embedding,
     participants_table,
     source_bids_dir,
 )
 from pipeline.reports._group_figures import embedding_figure
-from pipeline.reports._methods import Methods, anat_methods, func_methods, group_methods
 from pipeline.reports._render import Figure, render_page
 from pipeline.reports._tables import audit_tables, fmt, model_tables
+from pipeline.reports.collect import SubjectOutputs, collect_subject, read_table, sidecar
+from pipeline.reports.methods import Methods, anat_methods, func_methods, group_methods
 
 logger = logging.getLogger(__name__)
 

@@ -31,7 +31,7 @@ from pipeline.interfaces.anat import (
 from pipeline.interfaces.bids import DerivativesDataSink
 from pipeline.io import check_image, read_json
 from pipeline.outputs import ANAT_OUTPUTS, anat_source, output_path, spatial_reference
-from pipeline.workflows._execute import run_workflow
+from pipeline.workflows.execution import run_workflow
 
 logger = logging.getLogger(__name__)
 

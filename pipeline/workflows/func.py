@@ -44,7 +44,7 @@ from pipeline.outputs import (
     space_of,
     spatial_reference,
 )
-from pipeline.workflows._execute import run_workflow
+from pipeline.workflows.execution import run_workflow
 
 logger = logging.getLogger(__name__)
 

@@ -110,7 +110,7 @@ def run_participant(
     stage = "inputs"
     outputs: dict[str, str] = {}
     try:
-        from pipeline.workflows._execute import EXECUTION
+        from pipeline.workflows.execution import EXECUTION
         from pipeline.workflows.stages import INPUT_CHECKS, STAGES, StageContext
 
         filters = EXECUTION.bids_filters or {}

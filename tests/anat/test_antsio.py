@@ -7,14 +7,14 @@ import nibabel as nib
 import numpy as np
 from scipy.spatial.transform import Rotation
 
-from pipeline.anat._antsio import (
+from pipeline.anat.synthetic import pose_image, rigid_about
+from pipeline.antsio import (
     ants_to_nib,
     nib_to_ants,
     read_affine,
     strip_hdf5_times,
     write_affine,
 )
-from pipeline.anat.synthetic import pose_image, rigid_about
 
 
 def test_image_roundtrip_keeps_world_geometry(small_template):
@@ -95,7 +95,7 @@ def test_itk_affine_series_round_trips_and_matches_ants(tmp_path):
     import ants
     from scipy.spatial.transform import Rotation
 
-    from pipeline.anat._antsio import read_itk_affines, write_itk_affines
+    from pipeline.antsio import read_itk_affines, write_itk_affines
 
     rng = np.random.default_rng(3)
     mats = np.tile(np.eye(4), (3, 1, 1))

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from pipeline.anat._antsio import write_affine
 from pipeline.anat.options import AnatOptions
 from pipeline.anat.qc import QC_COLUMNS, qc_failures, qc_for_transforms, qc_record, qc_table
 from pipeline.anat.synthetic import rigid_about
+from pipeline.antsio import write_affine
 from pipeline.data.templates import load_template
 
 

@@ -10,10 +10,10 @@ from _anat_options import FAST_ANAT
 from scipy import stats
 from scipy.spatial.transform import Rotation
 
-from pipeline.anat._antsio import nib_to_ants, write_affine
 from pipeline.anat.options import AnatOptions
 from pipeline.anat.registration import register_to_template
 from pipeline.anat.synthetic import displacement_error, pose_image, rigid_about
+from pipeline.antsio import nib_to_ants, write_affine
 
 #: a coarse (6 mm) registration grid and few iterations: seconds instead of a minute
 FAST = AnatOptions(**{k: v for k, v in FAST_ANAT.items() if k != "n4_shrink_factor"})

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from pipeline.anat._antsio import write_affine
 from pipeline.anat.segment import (
     DSEG_LABELS,
     TISSUES,
@@ -19,6 +18,7 @@ from pipeline.anat.segment import (
     intensity_classes,
     segment_subject,
 )
+from pipeline.antsio import write_affine
 
 
 def _dice(a, b) -> float:

@@ -49,7 +49,7 @@ def test_true_map_pulls_the_subject_back(setting):
 def test_points_follow_the_fixed_to_moving_convention(setting, tmp_path):
     from scipy.spatial.transform import Rotation
 
-    from pipeline.anat._antsio import write_affine
+    from pipeline.antsio import write_affine
 
     _, _, points, _ = setting
     matrix = np.eye(4)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from pipeline.anat._antsio import write_affine
+from pipeline.antsio import write_affine
 from pipeline.func.motion import params_to_matrix
 from pipeline.func.resample import grid_points, map_points, one_shot_resample, template_grid
 

@@ -12,9 +12,9 @@ from _anat_options import FAST_ANAT
 from scipy import stats
 from scipy.spatial.transform import Rotation
 
-from pipeline.anat._antsio import nib_to_ants
 from pipeline.anat.options import AnatOptions
 from pipeline.anat.synthetic import pose_image, rigid_about
+from pipeline.antsio import nib_to_ants
 from pipeline.data.templates import load_template
 from pipeline.errors import ImageError, QCError
 from pipeline.interfaces.bids import DerivativesDataSink

@@ -156,7 +156,7 @@ def test_end_to_end_tiny_subject(func_bids, func_anat, tmp_path):
     conf_json = json.loads(paths["confounds"].with_suffix("").with_suffix(".json").read_text())
     assert len(conf) == n_all and conf["framewise_displacement"].iloc[1:].notna().all()
     # the head-motion transforms as fMRIPrep writes them: one ITK affine per volume
-    from pipeline.anat._antsio import read_itk_affines
+    from pipeline.antsio import read_itk_affines
 
     hmc = read_itk_affines(paths["hmc_xfm"])
     assert hmc.shape == (n_all, 4, 4)
@@ -198,7 +198,7 @@ def test_end_to_end_tiny_subject(func_bids, func_anat, tmp_path):
 
 
 def _check_coregistration_against_truth(bids, anat, coreg_xfm) -> None:
-    from pipeline.anat._antsio import read_affine
+    from pipeline.antsio import read_affine
     from pipeline.data.groundtruth import truth_coregistration
     from pipeline.func.coreg_eval import brain_points, coreg_accuracy
     from pipeline.func.motion import params_to_matrix

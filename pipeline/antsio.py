@@ -7,6 +7,10 @@ RAS affine map :math:`x \\mapsto Ax + b` is the LPS map :math:`y \\mapsto FAF\\,
 An ANTs transform maps *fixed*-space points to *moving*-space points (it pulls the moving image
 back onto the fixed grid). Every 4×4 matrix in :mod:`pipeline.anat` follows the same convention,
 in RAS millimetres.
+
+One module for every stage that hands images or transforms to ANTs (:mod:`pipeline.anat`,
+:mod:`pipeline.func`, :mod:`pipeline.interfaces`, :mod:`pipeline.data`), so the RAS/LPS
+convention is written once.
 """
 
 from __future__ import annotations
