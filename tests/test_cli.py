@@ -211,7 +211,7 @@ def fresh_execution(monkeypatch):
     """Run-time settings and thread variables restored after the test."""
     import dataclasses
 
-    from pipeline.workflows import _execute
+    from pipeline.workflows import execution
 
     for var in (
         "OMP_NUM_THREADS",
@@ -222,8 +222,8 @@ def fresh_execution(monkeypatch):
         "SYMPREP_MEM_MB",
     ):
         monkeypatch.setenv(var, "2")
-    yield _execute.EXECUTION
-    _execute.configure_execution(**dataclasses.asdict(_execute.ExecutionSettings()))
+    yield execution.EXECUTION
+    execution.configure_execution(**dataclasses.asdict(execution.ExecutionSettings()))
 
 
 def _parse(*flags: str):
