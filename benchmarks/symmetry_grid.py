@@ -35,7 +35,7 @@ subjects (every arm and input of a seed shares its subjects), with 95% two-stage
 over seeds and subjects (:mod:`benchmarks._paired`); the scale's size comes from the power
 calculation written beside the results. The training recipe is the one whose seeds agree: cosine
 learning-rate decay, early stopping on a stratified validation share (best epoch kept).
-``--scale demo --jobs 2`` (16 seeds × 20 cells) fits about 55 minutes of 2 CPU cores;
+``--scale demo --jobs 2`` (16 seeds × 20 cells) took 40 minutes of 2 CPU cores (RESULTS.md);
 ``--scale full`` is for GPU nodes.
 """
 
