@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
-__all__ = ["BlurPool3d", "centred_size", "is_centred_size", "pad_to_centred"]
+__all__ = ["BlurPool3d", "centred_size", "invariant_head", "is_centred_size", "pad_to_centred"]
 
 
 def centred_size(n: int, levels: int) -> int:
@@ -155,6 +155,27 @@ class CachedKernel:
             cache = (key, self.kernel())
             self._kernel_cache = cache
         return cache[1]
+
+
+def invariant_head(n_features: int, hidden: int, num_outputs: int) -> nn.Sequential:
+    """The two-layer MLP every volume model puts on its pooled (invariant) features.
+
+    Parameters
+    ----------
+    n_features : int
+        Pooled features per volume (e.g. spatial mean and max of each channel).
+    hidden : int
+        Hidden ReLU units. Keep it well above a handful: a narrow head reading non-negative
+        features can lose every unit and leave a constant predictor.
+    num_outputs : int
+        Logits.
+
+    Returns
+    -------
+    torch.nn.Sequential
+        ``Linear → ReLU → Linear`` (parameters ``0.*`` and ``2.*``).
+    """
+    return nn.Sequential(nn.Linear(n_features, hidden), nn.ReLU(), nn.Linear(hidden, num_outputs))
 
 
 def n_parameters(model: nn.Module) -> int:

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from pipeline.models._layers import BlurPool3d
+from pipeline.models._layers import BlurPool3d, invariant_head
 
 __all__ = ["CNN3d"]
 
@@ -44,9 +44,7 @@ class CNN3d(nn.Module):
             blocks += [nn.Conv3d(c_in, w, 3, padding=1, bias=False), nn.BatchNorm3d(w), nn.ReLU()]
             c_in = w
         self.features = nn.Sequential(*blocks)
-        self.head = nn.Sequential(
-            nn.Linear(2 * c_in, c_in), nn.ReLU(), nn.Linear(c_in, num_outputs)
-        )
+        self.head = invariant_head(2 * c_in, c_in, num_outputs)
         self.levels = len(widths) - 1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline.models._layers import BlurPool3d, CachedKernel
+from pipeline.models._layers import BlurPool3d, CachedKernel, invariant_head
 from pipeline.symmetry import cube_multiplication_table, cube_rotations, rotate_cube
 
 __all__ = ["OctahedralCNN", "RelaxedOctahedralCNN", "GroupConv3d"]
@@ -184,9 +184,7 @@ class OctahedralCNN(nn.Module):
             ]
             c_in = w
         self.features = nn.Sequential(*blocks)
-        self.head = nn.Sequential(
-            nn.Linear(2 * c_in, head_width), nn.ReLU(), nn.Linear(head_width, num_outputs)
-        )
+        self.head = invariant_head(2 * c_in, head_width, num_outputs)
         self.levels = len(widths) - 1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -35,7 +35,7 @@ from e3nn import o3
 from e3nn.math import soft_one_hot_linspace
 from torch import nn
 
-from pipeline.models._layers import BlurPool3d, CachedKernel
+from pipeline.models._layers import BlurPool3d, CachedKernel, invariant_head
 
 __all__ = ["NormGate", "SteerableCNN", "VoxelConvolution", "ball_window"]
 
@@ -313,9 +313,7 @@ class SteerableCNN(nn.Module):
                 f"the last level needs 0e channels for the invariant head, got {irreps}"
             )
         c = self.n_scalars
-        self.head = nn.Sequential(
-            nn.Linear(2 * c, head_width), nn.ReLU(), nn.Linear(head_width, num_outputs)
-        )
+        self.head = invariant_head(2 * c, head_width, num_outputs)
         self.levels = len(widths) - 1
         self.steps = tuple(float(s) for s in steps)
         self.window, self.taper = window, taper
