@@ -20,7 +20,14 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
-__all__ = ["BlurPool3d", "centred_size", "invariant_head", "is_centred_size", "pad_to_centred"]
+__all__ = [
+    "BlurPool3d",
+    "PooledFeatureNorm",
+    "centred_size",
+    "invariant_head",
+    "is_centred_size",
+    "pad_to_centred",
+]
 
 
 def centred_size(n: int, levels: int) -> int:
@@ -157,8 +164,32 @@ class CachedKernel:
         return cache[1]
 
 
+class PooledFeatureNorm(nn.BatchNorm1d):
+    """:class:`torch.nn.BatchNorm1d` over pooled features that accepts a batch of one.
+
+    Batch statistics of a single volume are undefined; such a batch (a training set whose size
+    leaves one volume over, or a one-volume call in training mode) is standardised with the
+    running statistics instead, and does not update them.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and x.shape[0] == 1:
+            return F.batch_norm(
+                x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps
+            )
+        return super().forward(x)
+
+
 def invariant_head(n_features: int, hidden: int, num_outputs: int) -> nn.Sequential:
-    """The two-layer MLP every volume model puts on its pooled (invariant) features.
+    """The MLP every volume model puts on its pooled (invariant) features.
+
+    The pooled features are standardised first (:class:`torch.nn.BatchNorm1d`, statistics over
+    the subjects of a batch). Spatial means and maxima of ReLU maps are positive with a large
+    common offset and a small between-subject spread (means ≈ 0.4, sd ≈ 0.05 at
+    initialisation), so a head reading them raw can sit at chance for many epochs: the
+    symmetry grid saw group-conv and augmented models stall at a loss of ln 2 in a quarter of
+    its seeds, and standardising rescued all but one of the stalled cells tried. The
+    normalisation acts on invariant features, so it keeps every model's invariance exact.
 
     Parameters
     ----------
@@ -173,9 +204,15 @@ def invariant_head(n_features: int, hidden: int, num_outputs: int) -> nn.Sequent
     Returns
     -------
     torch.nn.Sequential
-        ``Linear → ReLU → Linear`` (parameters ``0.*`` and ``2.*``).
+        ``BatchNorm1d → Linear → ReLU → Linear`` (parameters ``0.*``, ``1.*`` and ``3.*``).
+        A batch of one volume in training mode is standardised with the running statistics.
     """
-    return nn.Sequential(nn.Linear(n_features, hidden), nn.ReLU(), nn.Linear(hidden, num_outputs))
+    return nn.Sequential(
+        PooledFeatureNorm(n_features),
+        nn.Linear(n_features, hidden),
+        nn.ReLU(),
+        nn.Linear(hidden, num_outputs),
+    )
 
 
 def n_parameters(model: nn.Module) -> int:

@@ -122,3 +122,21 @@ def test_cube_invariance_holds_at_any_input_size(name):
         x = torch.randn(1, 1, *shape, generator=g)
         err = equivariance_error(model, x, [lambda v, h=h: rotate_cube(v, h) for h in gens])
         assert err.max() <= 1e-5, f"{name} at {shape}: {err.max():.2e}"
+
+
+@pytest.mark.parametrize("name", ["cnn", "octahedral", "relaxed", "steerable"])
+def test_head_standardises_pooled_features_and_accepts_a_batch_of_one(name):
+    """The pooled features reach the MLP standardised over the batch (a large common offset and
+    a small spread, as ReLU maps pool at initialisation, come out with mean 0 and sd 1), and a
+    one-volume training batch falls back to the running statistics without updating them."""
+    model = build_model(name, 1, 2).train()
+    norm = model.head[0]
+    n = norm.num_features
+    feats = 0.4 + 0.05 * torch.randn(16, n, generator=torch.Generator().manual_seed(0))
+    z = norm(feats)
+    assert torch.allclose(z.mean(0), torch.zeros(n), atol=1e-5)
+    assert torch.allclose(z.std(0, unbiased=False), torch.ones(n), atol=1e-2)
+    before = norm.running_mean.clone()
+    out = model(_structured(1))
+    assert out.shape == (1, 2) and torch.isfinite(out).all()
+    assert torch.equal(norm.running_mean, before)

@@ -80,7 +80,7 @@ def test_resume_gives_the_same_next_step(tmp_path):
         assert torch.equal(a, b), k
     assert [r["epoch"] for r in metrics["history"]] == [0, 1]
     # the second step really moved the weights
-    assert not torch.equal(interrupted.state_dict()["head.2.weight"], resumed.head[2].weight)
+    assert not torch.equal(interrupted.state_dict()["head.3.weight"], resumed.head[3].weight)
     ckpt = load_checkpoint(tmp_path / "b" / "checkpoint.pt")
     assert ckpt["epoch"] == 1 and ckpt["model_name"] == "relaxed"
 
