@@ -35,8 +35,9 @@ subjects (every arm and input of a seed shares its subjects), with 95% two-stage
 over seeds and subjects (:mod:`benchmarks._paired`); the scale's size comes from the power
 calculation written beside the results. The training recipe is the one whose seeds agree: cosine
 learning-rate decay, early stopping on a stratified validation share (best epoch kept).
-``--scale demo --jobs 2`` (16 seeds × 20 cells) took 40 minutes of 2 CPU cores (RESULTS.md);
-``--scale full`` is for GPU nodes.
+``--scale demo --jobs 2`` (24 seeds × 20 cells) took 53 minutes of 2 CPU cores (RESULTS.md);
+``--scale full`` is for GPU nodes. With ``--json`` a rerun resumes: saved seeds of the same recipe
+are kept and only missing ones are trained.
 """
 
 from __future__ import annotations
@@ -83,7 +84,7 @@ EPSILON_VOLUMES = 8
 
 
 #: the demo scale's size (the power calculation of :func:`power_lines` reads these)
-DEMO_TRAIN, DEMO_TEST, DEMO_EPOCHS, DEMO_SEEDS = 96, 160, 15, 16
+DEMO_TRAIN, DEMO_TEST, DEMO_EPOCHS, DEMO_SEEDS = 96, 160, 15, 24
 
 
 @dataclass
@@ -319,7 +320,8 @@ def _save_json(path: Path | None, scale: Scale, results: dict) -> None:
     if path is None:
         return
     raw = {f"{a}|{k}": v for (a, k), v in results["cells"].items()}
-    payload = {"scale": asdict(scale), "cells": raw, "equivariance": results["equivariance"]}
+    payload = {"scale": asdict(scale), "cells": raw, "equivariance": results["equivariance"],
+               "wall_s": results.get("wall_s")}  # fmt: skip
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=2))
 
@@ -328,7 +330,31 @@ def _load_json(path: Path) -> tuple[Scale, dict]:
     payload = json.loads(path.read_text())
     cells = {tuple(k.split("|")): v for k, v in payload["cells"].items()}
     eq = {k: tuple(v) for k, v in payload["equivariance"].items()}
-    return Scale(**payload["scale"]), {"cells": cells, "equivariance": eq}
+    results = {"cells": cells, "equivariance": eq, "wall_s": payload.get("wall_s")}
+    return Scale(**payload["scale"]), results
+
+
+def _recipe(scale: Scale) -> dict:
+    """Everything of ``scale`` but its number of seeds, as JSON would store it."""
+    return {k: v for k, v in json.loads(json.dumps(asdict(scale))).items() if k != "seeds"}
+
+
+def _resumable(json_path: Path | None, scale: Scale, arms, inputs) -> tuple[dict, dict, float]:
+    """Seeds of a saved run of the same recipe that have every (arm, input) cell: ``({seed:
+    cells}, equivariance errors, wall seconds spent on them)``; empty when there is none."""
+    if json_path is None or not json_path.exists():
+        return {}, {}, 0.0
+    old_scale, old = _load_json(json_path)
+    if _recipe(old_scale) != _recipe(scale):
+        logger.warning("%s was run with another recipe: starting afresh", json_path)
+        return {}, {}, 0.0
+    per_seed: dict[int, dict] = {}
+    for key, rs in old["cells"].items():
+        for r in rs:
+            per_seed.setdefault(r["seed"], {})[key] = {k: v for k, v in r.items() if k != "seed"}
+    wanted = {(a, k) for a in arms for k in inputs}
+    done = {s: c for s, c in per_seed.items() if s < scale.seeds and wanted <= set(c)}
+    return done, old["equivariance"], float(old.get("wall_s") or 0.0)
 
 
 def run_seed(
@@ -373,29 +399,41 @@ def run_grid(
     jobs: int = 1,
 ) -> dict:
     """Every cell over ``scale.seeds`` seeds, ``jobs`` seeds at a time (one process each, one
-    torch thread each on CPU); returns the raw results (saved after each seed)."""
+    torch thread each on CPU); returns the raw results (saved after each seed).
+
+    A rerun with the same ``json_path`` and recipe resumes: the seeds saved there are kept and
+    only the missing ones are trained (so ``--seeds`` can grow a finished run); ``wall_s`` in
+    the results adds up the wall time of every run that contributed.
+    """
     from concurrent.futures import ProcessPoolExecutor, as_completed
     from multiprocessing import get_context
 
     from tqdm.auto import tqdm
 
+    t0 = time.perf_counter()
     cells: dict[tuple[str, str], list[dict]] = {}
-    eq: dict[str, tuple[float, float]] = {}
-    results = {"cells": cells, "equivariance": eq}
-    per_seed: dict[int, dict] = {}
+    per_seed, old_eq, old_wall = _resumable(json_path, scale, arms, inputs)
+    eq: dict[str, tuple[float, float]] = dict(old_eq)
+    results = {"cells": cells, "equivariance": eq, "wall_s": old_wall}
+    todo = [seed for seed in range(scale.seeds) if seed not in per_seed]
+    if per_seed:
+        logger.info("resuming %s: %d seeds saved, %d to run", json_path, len(per_seed), len(todo))
 
     def collect(seed, seed_cells, seed_eq):
-        per_seed[seed] = seed_cells
-        eq.update(seed_eq)
+        if seed is not None:
+            per_seed[seed] = seed_cells
+            eq.update(seed_eq)
         cells.clear()
         for s in sorted(per_seed):  # seed order, whatever order the seeds finished in
             for key, r in per_seed[s].items():
                 cells.setdefault(key, []).append(r | {"seed": s})
+        results["wall_s"] = old_wall + time.perf_counter() - t0
         _save_json(json_path, scale, results)
 
-    bar = tqdm(total=scale.seeds, desc="grid seeds", unit="seed")
+    collect(None, {}, {})
+    bar = tqdm(total=scale.seeds, initial=len(per_seed), desc="grid seeds", unit="seed")
     if jobs <= 1 or device.type == "cuda":
-        for seed in range(scale.seeds):
+        for seed in todo:
             collect(seed, *run_seed(scale, seed, device, arms, inputs))
             bar.update()
     else:
@@ -412,7 +450,7 @@ def run_grid(
                     TEMPLATE_CACHE,
                     threads,
                 )  # fmt: skip
-                for seed in range(scale.seeds)
+                for seed in todo
             ]
             for fut in as_completed(futures):
                 seed, (seed_cells, seed_eq) = fut.result()
@@ -490,11 +528,12 @@ def power_lines(scale: Scale) -> list[str]:
         "on the same test subjects, with a two-stage bootstrap CI (seeds, then subjects within a "
         "seed: each seed has its own subjects, initialisations and shuffles). Its expected 95% "
         "half-width is 1.96·√(σ_s²/k + σ_d²/(k·n)) for k seeds of n test subjects. Assuming "
-        f"σ_d ≈ {ASSUMED_SD_SUBJECT} per subject and σ_s ≈ {ASSUMED_SD_SEED} between seeds: a "
-        "24-seed run of this recipe before the group-conv models got a 32-unit head (their "
-        "4–8-unit heads died, a constant predictor, in a third of the seeds) gave σ_d 0.10–0.20 "
-        "and per-seed sd 0.00–0.07 on the seeds where every model trained; the failed seeds "
-        "retrained (6 of 6) at 0.93–1.00 with the wider head. With "
+        f"σ_d ≈ {ASSUMED_SD_SUBJECT} per subject and σ_s ≈ {ASSUMED_SD_SEED} between seeds: the "
+        "previous 16-seed run of this recipe, whose heads read the raw pooled features, gave "
+        "σ_d 0.12–0.22 and per-seed sd of the differences 0.05–0.12, the larger ones from "
+        "seeds in which a group-conv or augmented model sat at chance (training loss ln 2); with "
+        "the pooled features standardised before the head, 11 of the 12 stalled cells tried "
+        "retrained at 0.86–1.00, so σ_s ≈ 0.06 is expected to hold. With "
         f"k = {scale.seeds} and n = {scale.n_test}, half-width ≈ {hw:.3f}, so a "
         f"difference of {mde:.3f} is detected with 80% power; equivalence within ±{MARGIN} (a "
         f"half-width ≲ {MARGIN / 2:g}, room for a small point estimate) would need k ≈ {k_eq} "
@@ -665,7 +704,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.from_json:
         scale, results = _load_json(args.from_json)
         device = torch.device("cuda" if args.device_name else "cpu")
-        text = report(results, args.scale, scale, device, float("nan"), args.device_name)
+        wall = results.get("wall_s") or float("nan")
+        text = report(results, args.scale, scale, device, wall, args.device_name)
     else:
         scale = SCALES[args.scale]
         if args.seeds:
@@ -674,9 +714,8 @@ def main(argv: list[str] | None = None) -> int:
             scale.epochs = args.epochs
         device = select_device(args.device)
         torch.backends.cudnn.benchmark = True
-        t0 = time.perf_counter()
         results = run_grid(scale, device, args.arms, args.inputs, args.json, args.jobs)
-        text = report(results, args.scale, scale, device, time.perf_counter() - t0)
+        text = report(results, args.scale, scale, device, results["wall_s"])
     print(text)  # noqa: T201 - the benchmark's report
     if args.figure:
         try:

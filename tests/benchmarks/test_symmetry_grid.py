@@ -94,3 +94,35 @@ def test_findings_that_need_an_absent_arm_are_left_out(missing, finding):
     lines = grid.finding_lines(_cells(acc), list(acc), list(grid.INPUTS))
     titles = [ln.split(" (")[0][2:] for ln in lines if ln.startswith("- ")]
     assert finding not in titles and len(titles) == 3
+
+
+def test_a_rerun_with_more_seeds_trains_only_the_missing_ones(tmp_path, monkeypatch):
+    """``run_grid`` resumes from its JSON: saved seeds are kept as they are, only new seeds are
+    trained, wall time adds up; a changed recipe starts afresh."""
+    import dataclasses
+
+    import torch
+
+    trained: list[int] = []
+
+    def fake_seed(scale, seed, device, arms, inputs, template_cache=None):
+        trained.append(seed)
+        cell = {"accuracy": 0.5 + seed / 100, "correct": [seed % 2] * 4, "seconds": 1.0}
+        return {(a, k): dict(cell) for a in arms for k in inputs}, {}
+
+    monkeypatch.setattr(grid, "run_seed", fake_seed)
+    path = tmp_path / "grid.json"
+    arms, inputs = ("cnn", "octahedral"), ("native", "registered")
+    scale = dataclasses.replace(grid.SCALES["demo"], seeds=2)
+    first = grid.run_grid(scale, torch.device("cpu"), arms, inputs, path)
+    assert trained == [0, 1] and first["wall_s"] > 0
+    grown = grid.run_grid(
+        dataclasses.replace(scale, seeds=3), torch.device("cpu"), arms, inputs, path
+    )
+    assert trained == [0, 1, 2]
+    assert [r["seed"] for r in grown["cells"][("cnn", "native")]] == [0, 1, 2]
+    assert grown["cells"][("cnn", "native")][1]["accuracy"] == pytest.approx(0.51)
+    assert grown["wall_s"] >= first["wall_s"]
+    grid.run_grid(dataclasses.replace(scale, seeds=3, epochs=1), torch.device("cpu"), arms,
+                  inputs, path)  # fmt: skip
+    assert trained == [0, 1, 2, 0, 1, 2]  # another recipe: nothing reused
