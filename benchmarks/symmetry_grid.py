@@ -674,6 +674,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     parser.add_argument("--seeds", type=int, default=None, help="override the scale's seeds")
     parser.add_argument("--epochs", type=int, default=None, help="override the scale's epochs")
+    parser.add_argument("--effect-strength", type=float, default=None,
+                        help="override the planted atrophy's strength (a harder task: lower)")  # fmt: skip
     parser.add_argument("--arms", nargs="+", choices=ARM_CHOICES, default=list(ARMS))
     parser.add_argument("--inputs", nargs="+", choices=INPUTS, default=list(INPUTS))
     parser.add_argument(
@@ -712,6 +714,8 @@ def main(argv: list[str] | None = None) -> int:
             scale.seeds = args.seeds
         if args.epochs:
             scale.epochs = args.epochs
+        if args.effect_strength is not None:
+            scale.effect_strength = args.effect_strength
         device = select_device(args.device)
         torch.backends.cudnn.benchmark = True
         results = run_grid(scale, device, args.arms, args.inputs, args.json, args.jobs)
