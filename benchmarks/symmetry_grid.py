@@ -480,8 +480,10 @@ def report(
         "",
         f"{machine_line() if card == 'CPU' else card}; {scale.seeds} seeds; {scale.n_train} train / {scale.n_test} test "
         f"subjects at {scale.voxel_mm:g} mm on a {scale.side}³ cube; {scale.epochs} epochs; "
-        f"wall time {wall / 60:.1f} min. Task: planted left-MTL atrophy (balanced classes, "
-        "chance 0.5). Accuracy mean ± sd over seeds.",
+        f"wall time {wall / 60:.1f} min. Task: planted left-MTL atrophy of strength "
+        f"{scale.effect_strength:g} (brain z-units off the template, weighted by a "
+        f"{scale.effect_sigma_mm:g} mm Gaussian × grey matter; balanced classes, chance 0.5). "
+        "Accuracy mean ± sd over seeds.",
         "",
         "| model | params | train vol/s | " + " | ".join(inputs) + " |",
         "|---|---:|---:|" + "---:|" * len(inputs),
