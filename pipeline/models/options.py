@@ -79,6 +79,12 @@ class ModelOptions(StrictOptions):
         description="With a validation split, stop after this many epochs without a lower "
         "validation loss (0: train every epoch, still keeping the best one).",
     )
+    precise_statistics: bool = Field(
+        True,
+        description="After every epoch, recompute the running statistics of the batch "
+        "normalisation layers over the training set for that epoch's weights (precise BN), "
+        "so that evaluation does not use averages that lag the weights.",
+    )
     symmetry_penalty: float = Field(
         1e-2,
         ge=0,

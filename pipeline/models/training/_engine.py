@@ -13,7 +13,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,7 @@ from pipeline.errors import ConfigError
 from pipeline.io import atomic_path, write_text
 from pipeline.models.device import autocast, select_device
 from pipeline.models.options import ModelOptions
+from pipeline.models.training._statistics import recompute_running_statistics
 
 logger = logging.getLogger(__name__)
 
@@ -191,6 +192,11 @@ class TrainingTask:
         Refuse to resume from a checkpoint with other hyperparameters.
     epoch_extra : callable or None
         ``epoch_extra(model) -> dict`` of extra per-epoch log values.
+    statistics_batches : callable or None
+        ``statistics_batches(device, epoch) -> iterable`` of model inputs (the training set as
+        training sees it): with ``options.precise_statistics`` the running statistics of the
+        model's normalisation layers are recomputed over them after each epoch, before it is
+        evaluated, validated and saved (:mod:`._statistics`).
     """
 
     step: Callable[..., dict[str, torch.Tensor]]
@@ -199,6 +205,7 @@ class TrainingTask:
     checkpoint: dict[str, Any] = field(default_factory=dict)
     check_hparams: bool = False
     epoch_extra: Callable[[nn.Module], dict[str, float]] | None = None
+    statistics_batches: Callable[[torch.device, int], Iterable[torch.Tensor]] | None = None
 
 
 def run_training(
@@ -214,7 +221,9 @@ def run_training(
     with ``options.resume`` a rerun continues from the checkpoint and takes exactly the steps an
     uninterrupted run would have taken (shuffling, augmentation and noise are seeded per epoch,
     the learning rate is :func:`epoch_learning_rate` of the epoch, the best validation epoch so
-    far is in the checkpoint). With ``task.validate`` the model is left with the weights of the
+    far is in the checkpoint). With ``task.statistics_batches`` and
+    ``options.precise_statistics`` the normalisation layers' running statistics are recomputed
+    for the weights of each epoch's end. With ``task.validate`` the model is left with the weights of the
     epoch of lowest validation loss, and ``options.patience`` stops training early.
 
     Returns
@@ -270,6 +279,12 @@ def run_training(
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         seconds = time.perf_counter() - t0
+        if options.precise_statistics and task.statistics_batches is not None:
+            recompute_running_statistics(
+                model,
+                task.statistics_batches(device, epoch),
+                lambda: autocast(device, options.amp),
+            )
         means = (sums / max(n_seen, 1)).tolist() if sums is not None else []
         row: dict[str, Any] = {"epoch": epoch}
         row.update({f"train_{k}": v for k, v in zip(terms, means, strict=False)})

@@ -131,7 +131,9 @@ def fit(
         Output folder (created).
     options : ModelOptions, optional
         Epochs, batch size, optimiser, learning-rate schedule, augmentation, device, AMP, seed,
-        resume, progress; ``val_fraction`` > 0 holds that share of ``train_data`` out
+        resume, progress; ``precise_statistics`` recomputes the normalisation layers' running
+        statistics over the fit part after every epoch; ``val_fraction`` > 0 holds that share
+        of ``train_data`` out
         (stratified by class) for the engine's early stopping (the weights of the epoch of
         lowest validation loss are kept, ``patience`` stops early; ``n_val``, ``best_epoch`` and
         ``val`` in the metrics).
@@ -169,6 +171,15 @@ def fit(
             loss = loss + model.symmetry_penalty()
         return {"loss": loss}
 
+    def statistics_batches(device, epoch):
+        # the fit part as training sees it (augmented), in a seeded order of its own
+        ss = np.random.SeedSequence([opts.seed, epoch, 2])
+        gen = torch.Generator().manual_seed(int(ss.generate_state(1, np.uint64)[0] % 2**63))
+        rng = np.random.default_rng(ss)
+        loader = DataLoader(train_data, batch_size=opts.batch_size, shuffle=True, generator=gen)
+        for x, _ in loader:
+            yield augment_batch(x.to(device, non_blocking=True), opts.augment, rng)
+
     def extra(model):
         if hasattr(model, "symmetry_defect"):
             return {"symmetry_defect": float(model.symmetry_defect().detach())}
@@ -193,6 +204,7 @@ def fit(
             ),
             checkpoint={"scale": scale, "task": task, "classes": classes or []},
             epoch_extra=extra,
+            statistics_batches=statistics_batches,
         ),
     )
     result: dict[str, Any] = {
