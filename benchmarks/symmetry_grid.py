@@ -50,7 +50,7 @@ import math
 import statistics
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -717,13 +717,9 @@ def main(argv: list[str] | None = None) -> int:
         wall = results.get("wall_s") or float("nan")
         text = report(results, args.scale, scale, device, wall, args.device_name)
     else:
-        scale = SCALES[args.scale]
-        if args.seeds:
-            scale.seeds = args.seeds
-        if args.epochs:
-            scale.epochs = args.epochs
-        if args.effect_strength is not None:
-            scale.effect_strength = args.effect_strength
+        overrides = {"seeds": args.seeds, "epochs": args.epochs,
+                     "effect_strength": args.effect_strength}  # fmt: skip
+        scale = replace(SCALES[args.scale], **{k: v for k, v in overrides.items() if v is not None})
         device = select_device(args.device)
         torch.backends.cudnn.benchmark = True
         results = run_grid(scale, device, args.arms, args.inputs, args.json, args.jobs)

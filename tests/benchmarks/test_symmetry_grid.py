@@ -126,3 +126,41 @@ def test_a_rerun_with_more_seeds_trains_only_the_missing_ones(tmp_path, monkeypa
     grid.run_grid(dataclasses.replace(scale, seeds=3, epochs=1), torch.device("cpu"), arms,
                   inputs, path)  # fmt: skip
     assert trained == [0, 1, 2, 0, 1, 2]  # another recipe: nothing reused
+
+
+def test_effect_strength_scales_the_planted_atrophy_of_the_patients_only():
+    """``--effect-strength`` reaches the scale the grid runs with (not the shared default), and
+    the strength multiplies the planted difference: zero in controls, linear in patients."""
+    import dataclasses
+
+    import torch
+
+    seen = {}
+
+    def fake_grid(scale, *args, **kwargs):
+        seen["scale"] = scale
+        raise SystemExit(0)
+
+    default = grid.SCALES["demo"].effect_strength
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(grid, "run_grid", fake_grid)
+        with pytest.raises(SystemExit):
+            grid.main(["--effect-strength", "0.5", "--seeds", "3", "--no-write"])
+    assert seen["scale"].effect_strength == 0.5 and seen["scale"].seeds == 3
+    assert grid.SCALES["demo"].effect_strength == default  # the shared scale is untouched
+
+    cpu = torch.device("cpu")
+    vols = {}
+    for s in (0.0, 1.0, 2.0):
+        scale = dataclasses.replace(grid.SCALES["demo"], effect_strength=s)
+        data, labels = grid.make_inputs(scale, 6, seed=3, device=cpu)
+        vols[s] = data["registered"]
+    patients = labels == 1
+    assert 0 < int(patients.sum()) < 6
+    d1, d2 = vols[1.0] - vols[0.0], vols[2.0] - vols[0.0]
+    assert torch.equal(d1[~patients], torch.zeros_like(d1[~patients]))  # controls: no atrophy
+    assert d1[patients].abs().max() > 0.05  # patients: atrophy (intensity lost in the bump)
+    assert float(d1[patients].sum()) < 0
+    # linear in the strength (where the three volumes have signal: noise is added only there)
+    signal = (vols[0.0] != 0) & (vols[1.0] != 0) & (vols[2.0] != 0)
+    torch.testing.assert_close(d2[signal], 2 * d1[signal], atol=1e-4, rtol=1e-3)
