@@ -105,9 +105,9 @@ class Scale:
     lr_schedule: str = "cosine"
     val_fraction: float = 0.2
     patience: int = 10
-    # running statistics recomputed after every epoch (pipeline.models.training._statistics):
-    # without it, a third of the failed cells were evaluation-mode collapses of a model whose
-    # training loss was still falling
+    # running statistics recomputed after every epoch on the unaugmented training set
+    # (pipeline.models.training._statistics): without it, failed octahedral and augmented-CNN
+    # cells were evaluation-mode collapses of a model whose training loss was still falling
     precise_statistics: bool = True
     warp_mm: float = 6.0
     residual: float = 0.3
@@ -537,11 +537,15 @@ def power_lines(scale: Scale) -> list[str]:
         "seed: each seed has its own subjects, initialisations and shuffles). Its expected 95% "
         "half-width is 1.96·√(σ_s²/k + σ_d²/(k·n)) for k seeds of n test subjects. Assuming "
         f"σ_d ≈ {ASSUMED_SD_SUBJECT} per subject and σ_s ≈ {ASSUMED_SD_SEED} between seeds: the "
-        "previous 16-seed run of this recipe, whose heads read the raw pooled features, gave "
-        "σ_d 0.12–0.22 and per-seed sd of the differences 0.05–0.12, the larger ones from "
-        "seeds in which a group-conv or augmented model sat at chance (training loss ln 2); with "
-        "the pooled features standardised before the head, 11 of the 12 stalled cells tried "
-        "retrained at 0.86–1.00, so σ_s ≈ 0.06 is expected to hold. With "
+        "previous runs of this recipe without precise normalisation statistics gave σ_d "
+        "0.08–0.31 and per-seed sd of the differences 0.03–0.10, most of it from the few cells "
+        "that ended below 0.7; of four such cells retried, the octahedral one was an "
+        "evaluation-mode collapse that recomputed statistics cure (0.74 → 0.91), the three "
+        "relaxed ones on rotated inputs learn slowly and are not cured (training loss still "
+        "0.53–0.67 after 15 epochs); and a pilot of this run found the augmented CNN's cells at "
+        "chance to be evaluation-mode collapses as well, from statistics of rotated batches "
+        "that do not fit unrotated inputs (0.51 → 1.00 with statistics of the unaugmented "
+        "training set). σ_s ≈ 0.06 is kept. With "
         f"k = {scale.seeds} and n = {scale.n_test}, half-width ≈ {hw:.3f}, so a "
         f"difference of {mde:.3f} is detected with 80% power; equivalence within ±{MARGIN} (a "
         f"half-width ≲ {MARGIN / 2:g}, room for a small point estimate) would need k ≈ {k_eq} "

@@ -122,3 +122,38 @@ def test_fit_leaves_running_statistics_of_its_final_weights(tmp_path):
     err_precise = (running[precise] - pooled_mean).abs().max()
     err_lagging = (running[lagging] - pooled_mean).abs().max()
     assert err_precise < 0.25 * err_lagging, (err_precise, err_lagging)
+
+
+def test_statistics_are_taken_on_the_training_volumes_as_they_are_not_augmented(
+    tmp_path, monkeypatch
+):
+    """With SO(3) augmentation, the statistics pass sees every fit volume once, unrotated (the
+    inputs the model is evaluated on), after every epoch."""
+    import pipeline.models.training._engine as engine
+
+    seen: list[list[torch.Tensor]] = []
+    real = engine.recompute_running_statistics
+
+    def spy(model, batches, amp=None):
+        batches = list(batches)
+        seen.append(batches)
+        return real(model, batches, amp)
+
+    monkeypatch.setattr(engine, "recompute_running_statistics", spy)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(10, 1, 9, 9, 9, generator=g)
+    data = TensorDataset(x, torch.arange(10) % 2)
+    opts = ModelOptions(epochs=2, batch_size=4, device="cpu", resume=False, progress=False,
+                        augment="so3")  # fmt: skip
+    fit(build_model("cnn", 1, 2, widths=(4, 8)), data, None, tmp_path, opts)
+    assert len(seen) == 2  # once per epoch
+    for batches in seen:
+        got = torch.cat(batches)
+        assert [len(b) for b in batches] == [4, 4, 2]
+        # the same volumes, each once, bit for bit (a rotation would resample them)
+        order = [int(torch.nonzero((x == v).flatten(1).all(1))[0]) for v in got]
+        assert sorted(order) == list(range(10))
+    opts_off = opts.model_copy(update={"precise_statistics": False})
+    seen.clear()
+    fit(build_model("cnn", 1, 2, widths=(4, 8)), data, None, tmp_path / "off", opts_off)
+    assert seen == []

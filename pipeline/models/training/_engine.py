@@ -194,7 +194,7 @@ class TrainingTask:
         ``epoch_extra(model) -> dict`` of extra per-epoch log values.
     statistics_batches : callable or None
         ``statistics_batches(device, epoch) -> iterable`` of model inputs (the training set as
-        training sees it): with ``options.precise_statistics`` the running statistics of the
+        the model will be applied to it, not augmented): with ``options.precise_statistics`` the running statistics of the
         model's normalisation layers are recomputed over them after each epoch, before it is
         evaluated, validated and saved (:mod:`._statistics`).
     """

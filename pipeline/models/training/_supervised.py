@@ -172,13 +172,14 @@ def fit(
         return {"loss": loss}
 
     def statistics_batches(device, epoch):
-        # the fit part as training sees it (augmented), in a seeded order of its own
+        # the fit part as it is, not augmented: the statistics are those of the data the model
+        # is applied to (evaluation-mode inputs come unrotated; statistics of resampled, rotated
+        # volumes left the augmented CNN at chance on them), in a seeded order of its own
         ss = np.random.SeedSequence([opts.seed, epoch, 2])
         gen = torch.Generator().manual_seed(int(ss.generate_state(1, np.uint64)[0] % 2**63))
-        rng = np.random.default_rng(ss)
         loader = DataLoader(train_data, batch_size=opts.batch_size, shuffle=True, generator=gen)
         for x, _ in loader:
-            yield augment_batch(x.to(device, non_blocking=True), opts.augment, rng)
+            yield x.to(device, non_blocking=True)
 
     def extra(model):
         if hasattr(model, "symmetry_defect"):
