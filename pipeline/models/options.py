@@ -81,9 +81,10 @@ class ModelOptions(StrictOptions):
     )
     precise_statistics: bool = Field(
         True,
-        description="After every epoch, recompute the running statistics of the batch "
-        "normalisation layers over the training set for that epoch's weights (precise BN), "
-        "so that evaluation does not use averages that lag the weights.",
+        description="Supervised models: after every epoch, recompute the running statistics "
+        "of the batch normalisation layers over the unaugmented training set for that epoch's "
+        "weights (precise BN), so that evaluation does not use averages that lag the weights "
+        "or belong to augmented inputs.",
     )
     symmetry_penalty: float = Field(
         1e-2,
