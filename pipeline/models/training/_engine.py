@@ -95,8 +95,11 @@ def stratified_holdout(y: np.ndarray, fraction: float, seed: int) -> tuple[np.nd
     return np.setdiff1d(np.arange(len(y)), val_idx), val_idx
 
 
-def _epoch_generator(seed: int, epoch: int) -> tuple[torch.Generator, np.random.Generator]:
-    ss = np.random.SeedSequence([seed, epoch])
+def _epoch_generator(
+    seed: int, epoch: int, *stream: int
+) -> tuple[torch.Generator, np.random.Generator]:
+    """Torch and numpy generators of one epoch (``stream`` keys an independent sequence)."""
+    ss = np.random.SeedSequence([seed, epoch, *stream])
     g = torch.Generator()
     g.manual_seed(int(ss.generate_state(1, np.uint64)[0] % 2**63))
     return g, np.random.default_rng(ss)
@@ -194,9 +197,9 @@ class TrainingTask:
         ``epoch_extra(model) -> dict`` of extra per-epoch log values.
     statistics_batches : callable or None
         ``statistics_batches(device, epoch) -> iterable`` of model inputs (the training set as
-        the model will be applied to it, not augmented): with ``options.precise_statistics`` the running statistics of the
-        model's normalisation layers are recomputed over them after each epoch, before it is
-        evaluated, validated and saved (:mod:`._statistics`).
+        the model will be applied to it, not augmented): with ``options.precise_statistics``
+        the running statistics of the model's normalisation layers are recomputed over them
+        after each epoch, before it is evaluated, validated and saved (:mod:`._statistics`).
     """
 
     step: Callable[..., dict[str, torch.Tensor]]
@@ -223,8 +226,9 @@ def run_training(
     the learning rate is :func:`epoch_learning_rate` of the epoch, the best validation epoch so
     far is in the checkpoint). With ``task.statistics_batches`` and
     ``options.precise_statistics`` the normalisation layers' running statistics are recomputed
-    for the weights of each epoch's end. With ``task.validate`` the model is left with the weights of the
-    epoch of lowest validation loss, and ``options.patience`` stops training early.
+    for the weights of each epoch's end. With ``task.validate`` the model is left with the
+    weights of the epoch of lowest validation loss, and ``options.patience`` stops training
+    early.
 
     Returns
     -------

@@ -13,9 +13,9 @@ The statistics are taken on the training set *without* augmentation: a model is 
 inputs as they come, and the statistics of randomly rotated, resampled volumes (zero-filled
 corners, interpolation-smoothed noise) differ from theirs. Averages over augmented batches,
 lagging or precise, left the CNN trained with SO(3) augmentation at chance on its unrotated
-validation volumes in 3 of the first 24 such cells of the symmetry grid (validation loss 2–5 while the
-training loss fell to 0.2); with statistics of the unaugmented training set the same cell
-reached 1.00. This is AdaBN's point (Li et al. 2016: normalisation statistics belong to the
+validation volumes in 3 of the first 24 such cells of the symmetry grid (validation loss 2–5
+while the training loss fell to 0.2); with statistics of the unaugmented training set the same
+cell reached 1.00. This is AdaBN's point (Li et al. 2016: normalisation statistics belong to the
 domain the model is applied to), within the training data.
 
 This is "precise BN" (Wu & Johnson 2021, *Rethinking "Batch" in BatchNorm*; fvcore's

@@ -32,6 +32,7 @@ from pipeline.models.options import ModelOptions
 from pipeline.models.training._engine import (
     CHECKPOINT,
     TrainingTask,
+    _epoch_generator,
     load_checkpoint,
     run_training,
     stratified_holdout,
@@ -175,8 +176,7 @@ def fit(
         # the fit part as it is, not augmented: the statistics are those of the data the model
         # is applied to (evaluation-mode inputs come unrotated; statistics of resampled, rotated
         # volumes left the augmented CNN at chance on them), in a seeded order of its own
-        ss = np.random.SeedSequence([opts.seed, epoch, 2])
-        gen = torch.Generator().manual_seed(int(ss.generate_state(1, np.uint64)[0] % 2**63))
+        gen, _ = _epoch_generator(opts.seed, epoch, 2)
         loader = DataLoader(train_data, batch_size=opts.batch_size, shuffle=True, generator=gen)
         for x, _ in loader:
             yield x.to(device, non_blocking=True)
