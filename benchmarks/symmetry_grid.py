@@ -279,7 +279,9 @@ def run_cell(arm, kind, data, labels, scale, seed, device, workdir) -> dict:
         precise_statistics=scale.precise_statistics,
     )  # fmt: skip
     # no test set in fit: the test subjects are scored once, below, not after every epoch
-    res = fit(model, TensorDataset(x_train, y_train), None, workdir / f"{arm}_{kind}_{seed}", opts)
+    # ε is measured below on test volumes, not by fit on training ones
+    res = fit(model, TensorDataset(x_train, y_train), None, workdir / f"{arm}_{kind}_{seed}", opts,
+              measure_epsilon=False)  # fmt: skip
     correct = _predict(model, x_test, device) == y_test.numpy()
     vps = statistics.median(r["train_volumes_per_s"] for r in res["history"])
     model.eval()
@@ -345,22 +347,23 @@ def _recipe(scale: Scale) -> dict:
     return {k: v for k, v in json.loads(json.dumps(asdict(scale))).items() if k != "seeds"}
 
 
-def _resumable(json_path: Path | None, scale: Scale, arms, inputs) -> tuple[dict, dict, float]:
-    """Seeds of a saved run of the same recipe that have every (arm, input) cell: ``({seed:
-    cells}, equivariance errors, wall seconds spent on them)``; empty when there is none."""
+def _resumable(json_path: Path | None, scale: Scale, arms, inputs) -> tuple[dict, set, dict, float]:
+    """A saved run of the same recipe: ``({seed: cells} of every saved seed, the seeds below
+    ``scale.seeds`` that have every (arm, input) cell asked for, equivariance errors, wall
+    seconds spent on them)``; empty when there is none."""
     if json_path is None or not json_path.exists():
-        return {}, {}, 0.0
+        return {}, set(), {}, 0.0
     old_scale, old = _load_json(json_path)
     if _recipe(old_scale) != _recipe(scale):
         logger.warning("%s was run with another recipe: starting afresh", json_path)
-        return {}, {}, 0.0
+        return {}, set(), {}, 0.0
     per_seed: dict[int, dict] = {}
     for key, rs in old["cells"].items():
         for r in rs:
             per_seed.setdefault(r["seed"], {})[key] = {k: v for k, v in r.items() if k != "seed"}
     wanted = {(a, k) for a in arms for k in inputs}
-    done = {s: c for s, c in per_seed.items() if s < scale.seeds and wanted <= set(c)}
-    return done, old["equivariance"], float(old.get("wall_s") or 0.0)
+    done = {s for s, c in per_seed.items() if s < scale.seeds and wanted <= set(c)}
+    return per_seed, done, old["equivariance"], float(old.get("wall_s") or 0.0)
 
 
 def run_seed(
@@ -408,8 +411,10 @@ def run_grid(
     torch thread each on CPU); returns the raw results (saved after each seed).
 
     A rerun with the same ``json_path`` and recipe resumes: the seeds saved there are kept and
-    only the missing ones are trained (so ``--seeds`` can grow a finished run); ``wall_s`` in
-    the results adds up the wall time of every run that contributed.
+    only the missing ones are trained (so ``--seeds`` can grow a finished run, for every arm or
+    for a few: ``--arms relaxed octahedral --seeds 48`` adds seeds to one finding only, and
+    every saved cell of other arms or seeds is kept); ``wall_s`` in the results adds up the wall
+    time of every run that contributed.
     """
     from concurrent.futures import ProcessPoolExecutor, as_completed
     from multiprocessing import get_context
@@ -418,16 +423,16 @@ def run_grid(
 
     t0 = time.perf_counter()
     cells: dict[tuple[str, str], list[dict]] = {}
-    per_seed, old_eq, old_wall = _resumable(json_path, scale, arms, inputs)
+    per_seed, done, old_eq, old_wall = _resumable(json_path, scale, arms, inputs)
     eq: dict[str, tuple[float, float]] = dict(old_eq)
     results = {"cells": cells, "equivariance": eq, "wall_s": old_wall}
-    todo = [seed for seed in range(scale.seeds) if seed not in per_seed]
+    todo = [seed for seed in range(scale.seeds) if seed not in done]
     if per_seed:
-        logger.info("resuming %s: %d seeds saved, %d to run", json_path, len(per_seed), len(todo))
+        logger.info("resuming %s: %d seeds saved, %d to run", json_path, len(done), len(todo))
 
     def collect(seed, seed_cells, seed_eq):
-        if seed is not None:
-            per_seed[seed] = seed_cells
+        if seed is not None:  # new cells replace saved ones; other saved cells stay
+            per_seed[seed] = per_seed.get(seed, {}) | seed_cells
             eq.update(seed_eq)
         cells.clear()
         for s in sorted(per_seed):  # seed order, whatever order the seeds finished in
@@ -437,7 +442,7 @@ def run_grid(
         _save_json(json_path, scale, results)
 
     collect(None, {}, {})
-    bar = tqdm(total=scale.seeds, initial=len(per_seed), desc="grid seeds", unit="seed")
+    bar = tqdm(total=scale.seeds, initial=scale.seeds - len(todo), desc="grid seeds", unit="seed")
     if jobs <= 1 or device.type == "cuda":
         for seed in todo:
             collect(seed, *run_seed(scale, seed, device, arms, inputs))
@@ -479,20 +484,28 @@ def report(
     arms = list(dict.fromkeys(a for a, _ in cells))
     inputs = list(dict.fromkeys(k for _, k in cells))
     acc = {key: [r["accuracy"] for r in rs] for key, rs in cells.items()}
+    counts = sorted({len(rs) for rs in cells.values()})
+    per_arm = {a: sorted({len(cells[(a, k)]) for k in inputs if (a, k) in cells}) for a in arms}
+    seeds_text = (f"{counts[0]} seeds" if len(counts) == 1 else
+                  f"{counts[0]}–{counts[-1]} seeds per cell (column `seeds`)")  # fmt: skip
+    extra_col = len(counts) > 1
     if card is None:
         card = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     lines = [
         f"## Symmetry grid ({scale_name} scale, {device.type}: {card})",
         "",
-        f"{machine_line() if card == 'CPU' else card}; {scale.seeds} seeds; {scale.n_train} train / {scale.n_test} test "
+        f"{machine_line() if card == 'CPU' else card}; {seeds_text}; {scale.n_train} train / {scale.n_test} test "
         f"subjects at {scale.voxel_mm:g} mm on a {scale.side}³ cube; {scale.epochs} epochs; "
         f"wall time {wall / 60:.1f} min. Task: planted left-MTL atrophy of strength "
         f"{scale.effect_strength:g} (brain z-units off the template, weighted by a "
         f"{scale.effect_sigma_mm:g} mm Gaussian × grey matter; balanced classes, chance 0.5). "
         "Accuracy mean ± sd over seeds.",
         "",
-        "| model | params | train vol/s | " + " | ".join(inputs) + " |",
-        "|---|---:|---:|" + "---:|" * len(inputs),
+        "| model | params | train vol/s | "
+        + ("seeds | " if extra_col else "")
+        + " | ".join(inputs)
+        + " |",
+        "|---|---:|---:|" + ("---:|" if extra_col else "") + "---:|" * len(inputs),
     ]
     for arm in arms:
         first = cells[(arm, inputs[0])][0]  # parameters do not depend on the input
@@ -502,7 +515,9 @@ def report(
             v = acc[(arm, k)]
             sd = statistics.stdev(v) if len(v) > 1 else 0.0
             accs.append(f"{statistics.mean(v):.3f} ± {sd:.3f}")
-        lines.append(f"| {arm} | {first['parameters']:,} | {vps:.1f} | " + " | ".join(accs) + " |")
+        n_text = "–".join(str(n) for n in per_arm[arm]) + " | " if extra_col else ""
+        lines.append(f"| {arm} | {first['parameters']:,} | {vps:.1f} | {n_text}"
+                     + " | ".join(accs) + " |")  # fmt: skip
     if eq:
         lines += [
             "",
@@ -517,7 +532,7 @@ def report(
         for arm, (e, f) in eq.items():
             lines.append(f"| {arm} | {e:.2e} | {f:.2e} | {e / max(f, 1e-12):.1f} |")
     lines += _epsilon_lines(cells, arms, inputs)
-    lines += ["", *power_lines(scale), "", *finding_lines(cells, arms, inputs)]
+    lines += ["", *power_lines(scale, counts), "", *finding_lines(cells, arms, inputs)]
     return "\n".join(lines)
 
 
@@ -526,9 +541,11 @@ def report(
 ASSUMED_SD_SUBJECT, ASSUMED_SD_SEED = 0.18, 0.06
 
 
-def power_lines(scale: Scale) -> list[str]:
-    """The power calculation the scale was sized by (:mod:`benchmarks._paired`)."""
-    hw = half_width(ASSUMED_SD_SEED, ASSUMED_SD_SUBJECT, scale.seeds, scale.n_test)
+def power_lines(scale: Scale, counts: list[int] | None = None) -> list[str]:
+    """The power calculation the scale was sized by (:mod:`benchmarks._paired`); ``counts``
+    (sorted seeds per cell) when some arms got more seeds than the others afterwards."""
+    k = counts[0] if counts else scale.seeds
+    hw = half_width(ASSUMED_SD_SEED, ASSUMED_SD_SUBJECT, k, scale.n_test)
     mde = hw * (1.96 + 0.84) / 1.96
     k_eq = seeds_needed(ASSUMED_SD_SEED, ASSUMED_SD_SUBJECT, scale.n_test, MARGIN / 2)
     return [
@@ -546,19 +563,36 @@ def power_lines(scale: Scale) -> list[str]:
         "chance to be evaluation-mode collapses as well, from statistics of rotated batches "
         "that do not fit unrotated inputs (0.51 → 1.00 with statistics of the unaugmented "
         "training set). σ_s ≈ 0.06 is kept. With "
-        f"k = {scale.seeds} and n = {scale.n_test}, half-width ≈ {hw:.3f}, so a "
+        f"k = {k} and n = {scale.n_test}, half-width ≈ {hw:.3f}, so a "
         f"difference of {mde:.3f} is detected with 80% power; equivalence within ±{MARGIN} (a "
         f"half-width ≲ {MARGIN / 2:g}, room for a small point estimate) would need k ≈ {k_eq} "
         "seeds, beyond the 60-minute budget, so a null difference may stay inconclusive. The findings "
-        "pool several cells (models, inputs) per subject, which narrows their intervals further.",
+        "pool several cells (models, inputs) per subject, which narrows their intervals further."
+        + "".join(
+            f" Seeds added afterwards to some arms (k = {k2}) narrow the half-width of the "
+            f"findings between those arms to ≈ "
+            f"{half_width(ASSUMED_SD_SEED, ASSUMED_SD_SUBJECT, k2, scale.n_test):.3f}."
+            for k2 in (counts or [])[1:]
+        ),
     ]
 
 
-def _subject_means(cells: dict, arms, inputs) -> np.ndarray | None:
-    """Correctness per (seed, test subject), averaged over the cells of ``arms`` × ``inputs``."""
-    rows = [np.array([r["correct"] for r in cells[(a, k)]], dtype=float)
-            for a in arms for k in inputs if (a, k) in cells and "correct" in cells[(a, k)][0]]  # fmt: skip
-    return np.mean(rows, axis=0) if rows else None
+def _common_seeds(cells: dict, keys) -> list[int]:
+    """The seeds that every cell of ``keys`` (present in ``cells``) has, in order."""
+    sets = [{r.get("seed", i) for i, r in enumerate(cells[key])} for key in keys if key in cells]
+    return sorted(set.intersection(*sets)) if sets else []
+
+
+def _subject_means(cells: dict, arms, inputs, seeds: list[int]) -> np.ndarray | None:
+    """Correctness per (seed of ``seeds``, test subject), averaged over the cells of ``arms`` ×
+    ``inputs``."""
+    rows = []
+    for key in ((a, k) for a in arms for k in inputs):
+        if key not in cells or "correct" not in cells[key][0]:
+            continue
+        by_seed = {r.get("seed", i): r["correct"] for i, r in enumerate(cells[key])}
+        rows.append(np.array([by_seed[s] for s in seeds], dtype=float))
+    return np.mean(rows, axis=0) if rows and seeds else None
 
 
 def finding_lines(cells: dict, arms: list[str], inputs: list[str]) -> list[str]:
@@ -583,7 +617,11 @@ def finding_lines(cells: dict, arms: list[str], inputs: list[str]) -> list[str]:
     out = ["Do the seed's findings hold here? (paired difference of accuracy, 95% two-stage "
            "bootstrap CI over seeds and test subjects)", ""]  # fmt: skip
     for title, arms_a, in_a, arms_b, in_b in tests:
-        a, b = _subject_means(cells, arms_a, in_a), _subject_means(cells, arms_b, in_b)
+        # paired: only the seeds that every cell of both sides has (some arms may have more)
+        keys = [(a, k) for a in arms_a for k in in_a] + [(a, k) for a in arms_b for k in in_b]
+        seeds = _common_seeds(cells, keys)
+        a = _subject_means(cells, arms_a, in_a, seeds)
+        b = _subject_means(cells, arms_b, in_b, seeds)
         if a is None or b is None:
             out.append(f"- {title}: not measured (results saved before per-subject correctness)")
             continue
@@ -592,7 +630,7 @@ def finding_lines(cells: dict, arms: list[str], inputs: list[str]) -> list[str]:
         sd_seed = float(np.std(seed_diffs, ddof=1)) if len(seed_diffs) > 1 else 0.0
         out.append(
             f"- {title}: {a.mean():.3f} vs {b.mean():.3f}, difference {mean:+.3f} "
-            f"[{lo:+.3f}, {hi:+.3f}] (per-seed differences sd {sd_seed:.3f}, σ_d "
+            f"[{lo:+.3f}, {hi:+.3f}] ({len(seeds)} seeds; per-seed differences sd {sd_seed:.3f}, σ_d "
             f"{float((a - b).std()):.2f}): **{verdict(mean, lo, hi)}**"
         )
     return out

@@ -164,3 +164,49 @@ def test_effect_strength_scales_the_planted_atrophy_of_the_patients_only():
     # linear in the strength (where the three volumes have signal: noise is added only there)
     signal = (vols[0.0] != 0) & (vols[1.0] != 0) & (vols[2.0] != 0)
     torch.testing.assert_close(d2[signal], 2 * d1[signal], atol=1e-4, rtol=1e-3)
+
+
+def test_seeds_added_to_some_arms_keep_the_rest_and_pair_on_shared_seeds(tmp_path, monkeypatch):
+    """``--arms relaxed octahedral --seeds 4`` on a 2-seed run trains seeds 2 and 3 of those arms
+    only, keeps every other saved cell, and each finding pairs only the seeds both sides have:
+    the approximate-vs-exact finding uses 4 seeds, the others 2."""
+    import dataclasses
+
+    import torch
+
+    trained: list[tuple[int, tuple]] = []
+
+    def fake_seed(scale, seed, device, arms, inputs, template_cache=None):
+        trained.append((seed, tuple(arms)))
+        rng = np.random.default_rng(seed)
+        cells = {}
+        for a in arms:
+            for k in inputs:
+                correct = (rng.random(40) < (0.9 if a == "octahedral" else 0.7)).astype(int)
+                cells[(a, k)] = {"accuracy": float(correct.mean()), "correct": correct.tolist(),
+                                 "parameters": 10, "train_vps": 1.0}  # fmt: skip
+        return cells, {}
+
+    monkeypatch.setattr(grid, "run_seed", fake_seed)
+    path = tmp_path / "grid.json"
+    scale = dataclasses.replace(grid.SCALES["demo"], seeds=2)
+    grid.run_grid(scale, torch.device("cpu"), grid.ARMS, grid.INPUTS, path)
+    more = dataclasses.replace(scale, seeds=4)
+    res = grid.run_grid(more, torch.device("cpu"), ("relaxed", "octahedral"), grid.INPUTS, path)
+    assert [s for s, _ in trained] == [0, 1, 2, 3]
+    assert trained[-1][1] == ("relaxed", "octahedral")
+    assert len(res["cells"][("relaxed", "native")]) == 4
+    assert len(res["cells"][("cnn", "native")]) == 2  # kept, not dropped or retrained
+    lines = grid.finding_lines(res["cells"], list(grid.ARMS), list(grid.INPUTS))
+    seeds = {ln.split(" (")[0][2:]: ln.split("] (")[1].split(" seeds")[0]
+             for ln in lines if ln.startswith("- ")}  # fmt: skip
+    assert seeds["Approximate beats exact invariance"] == "4"
+    assert seeds["Built-in invariance helps"] == "2"
+    # octahedral planted 0.2 better than relaxed: found with the added seeds
+    assert "**reversed" in next(ln for ln in lines if "Approximate" in ln)
+    text = grid.report(res, "demo", more, torch.device("cpu"), 1.0)
+    assert "2–4 seeds per cell" in text and "| seeds |" in text
+    # a full rerun at the original count still keeps the added seeds in the JSON
+    grid.run_grid(scale, torch.device("cpu"), grid.ARMS, grid.INPUTS, path)
+    _, saved = grid._load_json(path)
+    assert len(saved["cells"][("relaxed", "native")]) == 4

@@ -97,3 +97,9 @@ def test_fit_stores_the_measured_epsilon_in_the_metrics(tmp_path):
     res_oct = fit(build_model("octahedral", 1, 2, widths=(1, 2)), TensorDataset(x, y), None,
                   tmp_path / "o", opts.model_copy(update={"epochs": 1}))  # fmt: skip
     assert "epsilon" not in res_oct
+    # a caller that measures epsilon itself can skip fit's pass
+    res_skip = fit(build_model("relaxed", 1, 2, **TINY), TensorDataset(x, y), None,
+                   tmp_path / "s", opts.model_copy(update={"epochs": 1}),
+                   measure_epsilon=False)  # fmt: skip
+    assert "epsilon" not in res_skip
+    assert "epsilon" not in json.loads((tmp_path / "s" / "metrics.json").read_text())

@@ -115,6 +115,7 @@ def fit(
     options: ModelOptions | None = None,
     task: str = "classification",
     classes: list | None = None,
+    measure_epsilon: bool = True,
 ) -> dict[str, Any]:
     """Train ``model`` and write checkpoint, ``log.csv`` and ``metrics.json`` into ``out_dir``.
 
@@ -142,6 +143,9 @@ def fit(
         Loss: cross-entropy on logits, or MSE on standardised targets.
     classes : list, optional
         Class names, recorded in the metrics.
+    measure_epsilon : bool
+        Measure a relaxed model's ε at the end (default). A caller that measures it itself on
+        its own held-out volumes (the symmetry grid) passes False and saves the pass.
 
     Returns
     -------
@@ -223,7 +227,7 @@ def fit(
         result["val"] = evaluate(model, val_data, task, device, opts.batch_size, opts.amp, scale)
     if has_test:
         result["test"] = evaluate(model, test_data, task, device, opts.batch_size, opts.amp, scale)
-    if hasattr(model, "measured_epsilon"):  # relaxed models: their own measured epsilon
+    if measure_epsilon and hasattr(model, "measured_epsilon"):  # relaxed: their own epsilon
         x = _first_volumes(test_data if has_test else train_data, EPSILON_VOLUMES)
         result["epsilon"] = model.measured_epsilon(x, opts.batch_size)
         logger.info("%s: measured epsilon %.3g (mean %.3g) on %d %s volumes",
