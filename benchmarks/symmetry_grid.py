@@ -35,9 +35,11 @@ subjects (every arm and input of a seed shares its subjects), with 95% two-stage
 over seeds and subjects (:mod:`benchmarks._paired`); the scale's size comes from the power
 calculation written beside the results. The training recipe is the one whose seeds agree: cosine
 learning-rate decay, early stopping on a stratified validation share (best epoch kept).
-``--scale demo --jobs 2`` (24 seeds × 20 cells) took 53 minutes of 2 CPU cores (RESULTS.md);
-``--scale full`` is for GPU nodes. With ``--json`` a rerun resumes: saved seeds of the same recipe
-are kept and only missing ones are trained.
+``--scale demo --jobs 2`` (24 seeds × 20 cells) took 61 minutes of 2 CPU cores at the default
+atrophy strength and 46 at ``--effect-strength 1`` (RESULTS.md); ``--scale full`` is for GPU
+nodes. With ``--json`` a rerun resumes: saved seeds of the same recipe are kept and only missing
+ones are trained. ``--arms relaxed octahedral --seeds 48`` on a saved 24-seed run adds seeds to
+one finding's arms only; each finding pairs the seeds that both of its sides have.
 """
 
 from __future__ import annotations
