@@ -579,9 +579,14 @@ def power_lines(scale: Scale, counts: list[int] | None = None) -> list[str]:
     ]
 
 
+def _by_seed(runs: list[dict]) -> dict[int, dict]:
+    """A cell's runs by seed (results saved without seeds: by position)."""
+    return {r.get("seed", i): r for i, r in enumerate(runs)}
+
+
 def _common_seeds(cells: dict, keys) -> list[int]:
     """The seeds that every cell of ``keys`` (present in ``cells``) has, in order."""
-    sets = [{r.get("seed", i) for i, r in enumerate(cells[key])} for key in keys if key in cells]
+    sets = [set(_by_seed(cells[key])) for key in keys if key in cells]
     return sorted(set.intersection(*sets)) if sets else []
 
 
@@ -592,8 +597,8 @@ def _subject_means(cells: dict, arms, inputs, seeds: list[int]) -> np.ndarray | 
     for key in ((a, k) for a in arms for k in inputs):
         if key not in cells or "correct" not in cells[key][0]:
             continue
-        by_seed = {r.get("seed", i): r["correct"] for i, r in enumerate(cells[key])}
-        rows.append(np.array([by_seed[s] for s in seeds], dtype=float))
+        by_seed = _by_seed(cells[key])
+        rows.append(np.array([by_seed[s]["correct"] for s in seeds], dtype=float))
     return np.mean(rows, axis=0) if rows and seeds else None
 
 
