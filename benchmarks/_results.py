@@ -20,11 +20,19 @@ HEADER = (
 )
 
 
-def machine_line() -> str:
-    """Describe the machine a benchmark ran on (CPU count, platform, date)."""
+def machine_line(when: _dt.datetime | None = None) -> str:
+    """Describe the machine a benchmark ran on (CPU count, platform, date).
+
+    Parameters
+    ----------
+    when : datetime, optional
+        When the measurements were taken (a report rewritten from saved results passes the
+        time they were saved); now by default.
+    """
+    when = when or _dt.datetime.now(_dt.UTC)
     return (
         f"{os.cpu_count()} CPU cores, {platform.platform()}, Python {platform.python_version()}, "
-        f"{_dt.datetime.now(_dt.UTC):%Y-%m-%d %H:%M} UTC"
+        f"{when.astimezone(_dt.UTC):%Y-%m-%d %H:%M} UTC"
     )
 
 

@@ -45,6 +45,7 @@ one finding's arms only; each finding pairs the seeds that both of its sides hav
 from __future__ import annotations
 
 import argparse
+import datetime as _dt
 import functools
 import json
 import logging
@@ -330,8 +331,9 @@ def _save_json(path: Path | None, scale: Scale, results: dict) -> None:
     if path is None:
         return
     raw = {f"{a}|{k}": v for (a, k), v in results["cells"].items()}
+    results["saved_utc"] = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
     payload = {"scale": asdict(scale), "cells": raw, "equivariance": results["equivariance"],
-               "wall_s": results.get("wall_s")}  # fmt: skip
+               "wall_s": results.get("wall_s"), "saved_utc": results["saved_utc"]}  # fmt: skip
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=2))
 
@@ -340,7 +342,12 @@ def _load_json(path: Path) -> tuple[Scale, dict]:
     payload = json.loads(path.read_text())
     cells = {tuple(k.split("|")): v for k, v in payload["cells"].items()}
     eq = {k: tuple(v) for k, v in payload["equivariance"].items()}
-    results = {"cells": cells, "equivariance": eq, "wall_s": payload.get("wall_s")}
+    # when the last seed was saved (older files did not record it: the file's own time)
+    saved = payload.get("saved_utc") or _dt.datetime.fromtimestamp(
+        path.stat().st_mtime, _dt.UTC
+    ).isoformat(timespec="seconds")
+    results = {"cells": cells, "equivariance": eq, "wall_s": payload.get("wall_s"),
+               "saved_utc": saved}  # fmt: skip
     return Scale(**payload["scale"]), results
 
 
@@ -481,8 +488,13 @@ def report(
     wall: float,
     card: str | None = None,
 ) -> str:
-    """Markdown: accuracy table, equivariance errors, and the verdicts on the seed's findings."""
+    """Markdown: accuracy table, equivariance errors, and the verdicts on the seed's findings.
+
+    The machine line dates the results by when their last seed was saved (``saved_utc``), not
+    by when the report is written."""
     cells, eq = results["cells"], results["equivariance"]
+    saved = results.get("saved_utc")
+    ran_at = _dt.datetime.fromisoformat(saved) if saved else None
     arms = list(dict.fromkeys(a for a, _ in cells))
     inputs = list(dict.fromkeys(k for _, k in cells))
     acc = {key: [r["accuracy"] for r in rs] for key, rs in cells.items()}
@@ -496,7 +508,7 @@ def report(
     lines = [
         f"## Symmetry grid ({scale_name} scale, {device.type}: {card})",
         "",
-        f"{machine_line() if card == 'CPU' else card}; {seeds_text}; {scale.n_train} train / {scale.n_test} test "
+        f"{machine_line(ran_at) if card == 'CPU' else card}; {seeds_text}; {scale.n_train} train / {scale.n_test} test "
         f"subjects at {scale.voxel_mm:g} mm on a {scale.side}³ cube; {scale.epochs} epochs; "
         f"wall time {wall / 60:.1f} min. Task: planted left-MTL atrophy of strength "
         f"{scale.effect_strength:g} (brain z-units off the template, weighted by a "
@@ -629,6 +641,9 @@ def finding_lines(cells: dict, arms: list[str], inputs: list[str]) -> list[str]:
         seeds = _common_seeds(cells, keys)
         a = _subject_means(cells, arms_a, in_a, seeds)
         b = _subject_means(cells, arms_b, in_b, seeds)
+        if not seeds:
+            out.append(f"- {title}: not measured (its two sides share no seed)")
+            continue
         if a is None or b is None:
             out.append(f"- {title}: not measured (results saved before per-subject correctness)")
             continue

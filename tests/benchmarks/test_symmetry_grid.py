@@ -210,3 +210,41 @@ def test_seeds_added_to_some_arms_keep_the_rest_and_pair_on_shared_seeds(tmp_pat
     grid.run_grid(scale, torch.device("cpu"), grid.ARMS, grid.INPUTS, path)
     _, saved = grid._load_json(path)
     assert len(saved["cells"][("relaxed", "native")]) == 4
+
+
+def test_report_from_saved_results_is_dated_by_its_last_seed_not_by_now(tmp_path, monkeypatch):
+    """A report rewritten from ``--json`` carries the time its seeds were saved; a file saved
+    before that time was recorded is dated by its modification time."""
+    import dataclasses
+    import json
+    import os
+
+    import torch
+
+    def fake_seed(scale, seed, device, arms, inputs, template_cache=None):
+        cell = {"accuracy": 0.5, "correct": [0, 1], "parameters": 1, "train_vps": 1.0}
+        return {(a, k): dict(cell) for a in arms for k in inputs}, {}
+
+    monkeypatch.setattr(grid, "run_seed", fake_seed)
+    path = tmp_path / "grid.json"
+    scale = dataclasses.replace(grid.SCALES["demo"], seeds=1)
+    grid.run_grid(scale, torch.device("cpu"), ("cnn",), ("native",), path)
+    payload = json.loads(path.read_text())
+    payload["saved_utc"] = "2001-02-03T04:05:00+00:00"
+    path.write_text(json.dumps(payload))
+    _, results = grid._load_json(path)
+    assert "2001-02-03 04:05 UTC" in grid.report(results, "demo", scale, torch.device("cpu"), 1.0)
+    del payload["saved_utc"]  # as saved before the time was recorded
+    path.write_text(json.dumps(payload))
+    os.utime(path, (981173100, 981173100))  # 2001-02-03 04:05 UTC
+    _, results = grid._load_json(path)
+    assert "2001-02-03 04:05 UTC" in grid.report(results, "demo", scale, torch.device("cpu"), 1.0)
+
+
+def test_findings_whose_sides_share_no_seed_say_so():
+    cells = _cells({"relaxed": 0.7, "octahedral": 0.9})
+    cells = {k: [r | {"seed": i + (100 if k[0] == "relaxed" else 0)} for i, r in enumerate(rs)]
+             for k, rs in cells.items()}  # fmt: skip
+    lines = grid.finding_lines(cells, ["relaxed", "octahedral"], list(grid.INPUTS))
+    line = next(ln for ln in lines if "Approximate" in ln)
+    assert line.endswith("not measured (its two sides share no seed)")
