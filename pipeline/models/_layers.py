@@ -94,7 +94,7 @@ class BlurPool3d(nn.Module):
         self.steps = tuple(float(s) for s in steps)
         self.sigma = float(sigma) if sigma is not None else 0.5 * math.sqrt(3.0) * min(steps)
         self.stride = stride
-        self._kernels: dict[tuple, tuple[tuple[torch.Tensor, int], ...]] = {}
+        self._kernels: dict[tuple, tuple[torch.Tensor, ...]] = {}
         # the odd-size kernel, kept as a buffer (checkpoints of earlier versions carry it)
         self.register_buffer("kernel", self._build((True, True, True))[0].float())
 
@@ -121,29 +121,37 @@ class BlurPool3d(nn.Module):
         kernel = torch.einsum("i,j,k->ijk", *taps)
         return kernel[None, None], tuple(pads)
 
+    def _band(self, n: int, step: float) -> torch.Tensor:
+        """The strided 1-D blur along an axis of ``n`` voxels as a banded ``(n_out, n)`` matrix:
+        row ``j`` holds the taps centred on output ``j`` (zero padding)."""
+        taps, pad = self._taps(bool(n % 2), step)
+        n_out = (n + 2 * pad - taps.numel()) // self.stride + 1
+        band = torch.zeros(n_out, n, dtype=torch.float64)
+        for j in range(n_out):
+            for t, w in enumerate(taps.tolist()):
+                i = self.stride * j + t - pad
+                if 0 <= i < n:
+                    band[j, i] = w
+        return band
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Blur and subsample ``x`` of shape ``(B, C, X, Y, Z)`` (each channel alike).
 
-        Computed as three 1-D strided convolutions (the Gaussian is separable), which is the
-        same map as the dense 3-D kernel of :meth:`_build` at a fraction of the cost (notably in
-        the backward pass).
+        Computed as three 1-D strided blurs (the Gaussian is separable), each a product with a
+        banded matrix along its axis: the same map as the dense 3-D kernel of :meth:`_build`,
+        at a fraction of the cost. (Strided single-channel ``conv3d`` calls were 4× slower on
+        CPU, forward and backward, and dominated the steerable model's step.)
         """
-        odd = tuple(bool(n % 2) for n in x.shape[-3:])
-        key = (odd, x.device, x.dtype)
+        key = (tuple(x.shape[-3:]), x.device, x.dtype)
         if key not in self._kernels:
-            self._kernels[key] = tuple(  # type: ignore[assignment]
-                (t.to(device=x.device, dtype=x.dtype), p)
-                for t, p in (self._taps(o, s) for o, s in zip(odd, self.steps, strict=True))
+            self._kernels[key] = tuple(
+                self._band(n, s).to(device=x.device, dtype=x.dtype)
+                for n, s in zip(x.shape[-3:], self.steps, strict=True)
             )
-        b, c = x.shape[:2]
-        y = x.reshape(b * c, 1, *x.shape[2:])
-        for axis, (taps, pad) in enumerate(self._kernels[key]):  # type: ignore[misc]
-            shape = [1, 1, 1, 1, 1]
-            shape[2 + axis] = taps.numel()
-            stride, padding = [1, 1, 1], [0, 0, 0]
-            stride[axis], padding[axis] = self.stride, pad
-            y = F.conv3d(y, taps.view(shape), stride=tuple(stride), padding=tuple(padding))
-        return y.reshape(b, c, *y.shape[2:])
+        bx, by, bz = self._kernels[key]
+        y = torch.einsum("bcxyz,ox->bcoyz", x, bx)
+        y = torch.einsum("bcxyz,oy->bcxoz", y, by)
+        return torch.einsum("bcxyz,oz->bcxyo", y, bz)
 
 
 class CachedKernel:

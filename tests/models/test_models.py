@@ -140,3 +140,26 @@ def test_head_standardises_pooled_features_and_accepts_a_batch_of_one(name):
     out = model(_structured(1))
     assert out.shape == (1, 2) and torch.isfinite(out).all()
     assert torch.equal(norm.running_mean, before)
+
+
+@pytest.mark.parametrize("shape", [(17, 16, 15), (8, 9, 10)])
+@pytest.mark.parametrize("steps", [(1.0, 1.0, 1.0), (2.0, 1.0, 1.5)])
+def test_blur_pool_equals_the_dense_strided_gaussian_convolution(shape, steps):
+    """The banded-matrix blur is the dense 3-D Gaussian (outer product of the taps) applied
+    with stride 2 and zero padding, on every parity and anisotropic voxels, and so are its
+    gradients."""
+    from pipeline.models import BlurPool3d
+
+    layer = BlurPool3d(steps, sigma=1.2)
+    x = torch.randn(2, 3, *shape, dtype=torch.float64, requires_grad=True)
+    kernel, pads = layer._build(tuple(bool(n % 2) for n in shape))
+    dense = torch.nn.functional.conv3d(
+        x.reshape(6, 1, *shape), kernel.to(x.dtype), stride=2, padding=pads
+    ).reshape(2, 3, *[(n + 1) // 2 for n in shape])
+    fast = layer(x)
+    assert fast.shape == dense.shape
+    torch.testing.assert_close(fast, dense, rtol=0, atol=1e-12)
+    g = torch.randn_like(dense)
+    (grad_fast,) = torch.autograd.grad(fast, x, g)
+    (grad_dense,) = torch.autograd.grad(dense, x, g)
+    torch.testing.assert_close(grad_fast, grad_dense, rtol=0, atol=1e-12)
