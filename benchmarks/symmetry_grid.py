@@ -640,11 +640,11 @@ def finding_lines(cells: dict, arms: list[str], inputs: list[str]) -> list[str]:
         # paired: only the seeds that every cell of both sides has (some arms may have more)
         keys = [(a, k) for a in arms_a for k in in_a] + [(a, k) for a in arms_b for k in in_b]
         seeds = _common_seeds(cells, keys)
-        a = _subject_means(cells, arms_a, in_a, seeds)
-        b = _subject_means(cells, arms_b, in_b, seeds)
         if not seeds:
             out.append(f"- {title}: not measured (its two sides share no seed)")
             continue
+        a = _subject_means(cells, arms_a, in_a, seeds)
+        b = _subject_means(cells, arms_b, in_b, seeds)
         if a is None or b is None:
             out.append(f"- {title}: not measured (results saved before per-subject correctness)")
             continue

@@ -70,7 +70,7 @@ class BlurPool3d(nn.Module):
     has even support, is sampled at half-integer offsets and centred between voxels
     :math:`2j, 2j+1` (:math:`N/2` outputs). Both output lattices are mapped onto themselves by the
     reversal :math:`i \mapsto N-1-i`, so the 24 cube rotations (and axis reversals) commute with
-    the layer exactly, whatever the size. The kernels are built per input parity and cached.
+    the layer exactly, whatever the size. The banded matrices are built per input size and cached.
 
     Parameters
     ----------
