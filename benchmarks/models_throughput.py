@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from benchmarks._results import machine_line, write_section
+from pipeline.io import write_text
 from pipeline.models import MODEL_NAMES, build_model, n_parameters
 from pipeline.models.device import autocast, select_device
 
@@ -137,8 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     payload = {"device": card, "device_type": device.type, "size": args.size, "setup": setup,
                "rows": rows}  # fmt: skip
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(payload, indent=2))
+        write_text(args.json, json.dumps(payload, indent=2))
     text = report(payload)
     print(text)  # noqa: T201 - the benchmark's report
     if not args.no_write:

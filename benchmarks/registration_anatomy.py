@@ -55,6 +55,7 @@ from scipy.spatial.transform import Rotation
 from tqdm.auto import tqdm
 
 from benchmarks._results import machine_line, write_section
+from pipeline.io import write_text
 
 logger = logging.getLogger("benchmarks.registration_anatomy")
 
@@ -298,7 +299,7 @@ def run(
             if write:
                 write_section(SECTION, markdown)
             if save_rows is not None:
-                save_rows.write_text(json.dumps(rows, indent=1))
+                write_text(save_rows, json.dumps(rows, indent=1))
     return markdown, rows
 
 
@@ -358,7 +359,7 @@ def rerun_symprep(
             markdown = _markdown(rows, len(rows), seed, warp_amplitude, threads, variants)
             if write:
                 write_section(SECTION, markdown)
-            Path(rows_path).write_text(json.dumps(rows, indent=1))
+            write_text(rows_path, json.dumps(rows, indent=1))
     return markdown, rows
 
 

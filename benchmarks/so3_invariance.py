@@ -35,6 +35,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from benchmarks._results import machine_line, write_section
+from pipeline.io import write_text
 from pipeline.models import MODEL_NAMES, build_model
 from pipeline.models.options import ModelOptions
 from pipeline.models.training import TrainingTask, run_training
@@ -198,8 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     payload = {"setup": setup, "rows": rows}
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(payload, indent=2))
+        write_text(args.json, json.dumps(payload, indent=2))
     text = report(payload)
     print(text)  # noqa: T201 - the benchmark's report
     if not args.no_write:

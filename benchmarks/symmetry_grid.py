@@ -64,6 +64,7 @@ from torch.utils.data import TensorDataset
 from benchmarks._paired import MARGIN, half_width, paired_ci, seeds_needed, verdict
 from benchmarks._results import machine_line, write_section
 from pipeline.anat.synthetic import cube_points, sample_template, smooth_displacement
+from pipeline.io import write_text
 from pipeline.models import build_model, n_parameters
 from pipeline.models.options import ModelOptions
 from pipeline.models.training import fit, seed_everything, select_device
@@ -332,11 +333,9 @@ def _save_json(path: Path | None, scale: Scale, results: dict) -> None:
     if path is None:
         return
     raw = {f"{a}|{k}": v for (a, k), v in results["cells"].items()}
-    results["saved_utc"] = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
     payload = {"scale": asdict(scale), "cells": raw, "equivariance": results["equivariance"],
-               "wall_s": results.get("wall_s"), "saved_utc": results["saved_utc"]}  # fmt: skip
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(payload, indent=2))
+               "wall_s": results.get("wall_s"), "saved_utc": results.get("saved_utc")}  # fmt: skip
+    write_text(path, json.dumps(payload, indent=2))  # atomic: a killed run leaves a valid file
 
 
 def _load_json(path: Path) -> tuple[Scale, dict]:
@@ -449,6 +448,7 @@ def run_grid(
             for key, r in per_seed[s].items():
                 cells.setdefault(key, []).append(r | {"seed": s})
         results["wall_s"] = old_wall + time.perf_counter() - t0
+        results["saved_utc"] = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
         _save_json(json_path, scale, results)
 
     collect(None, {}, {})

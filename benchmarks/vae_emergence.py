@@ -64,6 +64,7 @@ from torch.utils.data import TensorDataset
 
 from benchmarks._results import machine_line, write_section
 from pipeline.anat.synthetic import cube_points, sample_template, smooth_displacement
+from pipeline.io import write_text
 from pipeline.models import build_model
 from pipeline.models.options import ModelOptions
 from pipeline.models.training import TrainingTask, run_training, seed_everything
@@ -514,8 +515,7 @@ def run_sweep(
 
 
 def _save(path: Path, scale: Scale, rows: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"scale": asdict(scale), "rows": rows}, indent=1))
+    write_text(path, json.dumps({"scale": asdict(scale), "rows": rows}, indent=1))
 
 
 # --------------------------------------------------------------------------------------------
@@ -794,7 +794,7 @@ def main(argv: list[str] | None = None) -> int:
         wall = time.perf_counter() - t0
         payload["wall_seconds"] = wall
         _save(out / "results.json", scale, payload["rows"])
-        (out / "results.json").write_text(json.dumps(payload, indent=1))
+        write_text(out / "results.json", json.dumps(payload, indent=1))
     fig = figure(payload, out / FIGURE)
     text = report(payload, wall)
     try:

@@ -31,6 +31,7 @@ from typing import Any
 import torch
 
 from benchmarks._results import machine_line, write_section
+from pipeline.io import write_text
 from pipeline.models.options import ModelOptions
 from pipeline.models.training import train_from_bids
 
@@ -63,7 +64,7 @@ def run(bids: Path, derivatives: Path, encoders: list[str], epochs: int, downsam
         out[enc] = metrics
         logger.info("%s: %.0f s", enc, metrics["seconds"])
         if json_path is not None:
-            json_path.write_text(json.dumps({"runs": out}, indent=1, default=str))
+            write_text(json_path, json.dumps({"runs": out}, indent=1, default=str))
     return out
 
 
@@ -142,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         f"rotations, quintic splines. Wall time {(time.perf_counter() - t0) / 60:.1f} min."
     )
     if args.json:
-        args.json.write_text(json.dumps({"setup": setup, "runs": runs}, indent=1, default=str))
+        write_text(args.json, json.dumps({"setup": setup, "runs": runs}, indent=1, default=str))
     text = report(runs, setup)
     print(text)  # noqa: T201 - the benchmark's report
     if not args.no_write:
