@@ -126,12 +126,11 @@ class BlurPool3d(nn.Module):
         row ``j`` holds the taps centred on output ``j`` (zero padding)."""
         taps, pad = self._taps(bool(n % 2), step)
         n_out = (n + 2 * pad - taps.numel()) // self.stride + 1
+        rows = torch.arange(n_out)[:, None].expand(-1, taps.numel())
+        cols = self.stride * rows + torch.arange(taps.numel()) - pad  # input voxel of each tap
+        inside = (cols >= 0) & (cols < n)  # taps on the zero padding are dropped
         band = torch.zeros(n_out, n, dtype=torch.float64)
-        for j in range(n_out):
-            for t, w in enumerate(taps.tolist()):
-                i = self.stride * j + t - pad
-                if 0 <= i < n:
-                    band[j, i] = w
+        band[rows[inside], cols[inside]] = taps.expand(n_out, -1)[inside]
         return band
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
