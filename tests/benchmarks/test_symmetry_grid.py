@@ -85,6 +85,52 @@ def test_power_lines_state_the_sizes():
     assert f"k = {grid.DEMO_SEEDS}" in text and f"n = {grid.DEMO_TEST}" in text
 
 
+def test_cells_train_with_the_scales_warmup(tmp_path, monkeypatch):
+    """``run_cell`` hands the recipe's warmup to the training: the first epoch runs at a third
+    of the rate with 2 warmup epochs, at the full rate without."""
+    import dataclasses
+
+    import torch
+
+    from pipeline.models.training import epoch_learning_rate
+
+    seen = []
+
+    def fake_fit(model, train, test, out, opts, measure_epsilon=True):
+        seen.append(epoch_learning_rate(opts, 0) / opts.learning_rate)
+        return {"history": [{"train_volumes_per_s": 1.0}], "best_epoch": 0}
+
+    monkeypatch.setattr(grid, "fit", fake_fit)
+    scale = dataclasses.replace(grid.SCALES["demo"], n_train=4, n_test=4, side=9)
+    data = {"native": torch.zeros(8, 1, 9, 9, 9)}
+    labels = torch.tensor([0, 1] * 4)
+    for warmup in (2, 0):
+        scale = dataclasses.replace(scale, warmup_epochs=warmup)
+        grid.run_cell("cnn", "native", data, labels, scale, 0, torch.device("cpu"), tmp_path)
+    assert seen == [pytest.approx(1 / 3), 1.0]
+
+
+def test_results_saved_before_the_warmup_field_load_as_the_recipe_without_it(tmp_path):
+    """A JSON of a run without warmup reads back with ``warmup_epochs = 0``: it is not resumed
+    by today's recipe, and its report keeps the power calculation it was sized by."""
+    import dataclasses
+    import json
+
+    path = tmp_path / "old.json"
+    old_scale = dataclasses.asdict(grid.SCALES["demo"])
+    del old_scale["warmup_epochs"]
+    path.write_text(json.dumps({"scale": old_scale, "cells": {}, "equivariance": {}}))
+    scale, _ = grid._load_json(path)
+    assert scale.warmup_epochs == 0
+    assert grid._resumable(path, grid.SCALES["demo"], ("cnn",), ("native",))[1] == set()
+    old_text, new_text = (
+        " ".join(grid.power_lines(scale)),
+        " ".join(grid.power_lines(grid.SCALES["demo"])),
+    )
+    assert "σ_s ≈ 0.06" in old_text and "would need k ≈ 65" in old_text
+    assert "σ_s ≈ 0.03" in new_text and "within reach at k = 24" in new_text
+
+
 @pytest.mark.parametrize(
     ("missing", "finding"),
     [("octahedral", "Approximate beats exact invariance"), ("cnn", "Built-in invariance helps")],
