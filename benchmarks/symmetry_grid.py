@@ -88,6 +88,8 @@ ARMS = ("cnn", "cnn_aug", "octahedral", "steerable", "relaxed")
 ARM_CHOICES = (*ARMS, "relaxed_free")
 #: test volumes each cell's epsilon is measured on
 EPSILON_VOLUMES = 8
+#: a seed's subjects are drawn with seed ``SUBJECT_SEED_OFFSET + seed`` (its models with ``seed``)
+SUBJECT_SEED_OFFSET = 1000
 
 
 #: the demo scale's size (the power calculation of :func:`power_lines` reads these)
@@ -393,7 +395,9 @@ def run_seed(
     global TEMPLATE_CACHE
     if template_cache is not None:
         TEMPLATE_CACHE = template_cache
-    data, labels = make_inputs(scale, scale.n_train + scale.n_test, 1000 + seed, device)
+    data, labels = make_inputs(
+        scale, scale.n_train + scale.n_test, SUBJECT_SEED_OFFSET + seed, device
+    )
     cells, eq = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         for kind in inputs:

@@ -294,3 +294,27 @@ def test_findings_whose_sides_share_no_seed_say_so():
     lines = grid.finding_lines(cells, ["relaxed", "octahedral"], list(grid.INPUTS))
     line = next(ln for ln in lines if "Approximate" in ln)
     assert line.endswith("not measured (its two sides share no seed)")
+
+
+def test_the_pilot_reproduces_a_grid_cell_and_applies_its_variant(tmp_path):
+    """``symmetry_grid_pilot.retrain`` with no variant is the grid's own cell (same subjects,
+    initialisation, shuffles: same accuracy and ε); a variant changes the recipe it trains with."""
+    import dataclasses
+
+    import torch
+
+    from benchmarks import symmetry_grid_pilot as pilot
+
+    scale = dataclasses.replace(grid.SCALES["demo"], side=9, n_train=10, n_test=6, epochs=2)
+    gen = torch.Generator().manual_seed(0)
+    labels = torch.tensor([0, 1] * 8)
+    # subjects whose label shows in their mean intensity (the grid's own are slow to build)
+    data = {"native": torch.randn(16, 1, 9, 9, 9, generator=gen) + labels.view(-1, 1, 1, 1, 1)}
+    cell = grid.run_cell("cnn", "native", data, labels, scale, 3, torch.device("cpu"), tmp_path)
+    again = pilot.retrain(scale, "cnn", 3, "native", data, labels, {})
+    assert again["accuracy"] == cell["accuracy"] and again["epsilon"] == cell["epsilon"]
+    assert len(again["history"]) == 2
+    opts = pilot.recipe_options(scale, "cnn_aug", 3, {"warmup_epochs": 0, "learning_rate": 1e-3})
+    assert (opts.warmup_epochs, opts.learning_rate, opts.augment) == (0, 1e-3, "so3")
+    with pytest.raises(SystemExit):
+        pilot.main(["--arm", "cnn", "--cells", "3:sideways", "--variant", "base={}"])
