@@ -38,8 +38,8 @@ epochs of linear learning-rate warmup, then cosine decay; early stopping on a st
 validation share (best epoch kept); batch-normalisation statistics recomputed after every epoch.
 Without the warmup a few relaxed and octahedral cells never left chance, and one finding needed
 twice the seeds. ``--scale demo --jobs 2`` (24 seeds × 20 cells) answers all four findings in one
-run: 57 minutes of 2 CPU cores at the default atrophy strength (RESULTS.md, with the half-strength
-run of ``--effect-strength 1``); ``--scale full`` is for GPU nodes. With ``--json`` a rerun
+run: 57 minutes of 2 CPU cores at the default atrophy strength, 54 at ``--effect-strength 1``
+(RESULTS.md); ``--scale full`` is for GPU nodes. With ``--json`` a rerun
 resumes: saved seeds of the same recipe are kept and only missing ones are trained.
 ``--arms relaxed octahedral --seeds 48`` on a saved 24-seed run adds seeds to one finding's arms
 only; each finding pairs the seeds that both of its sides have.
