@@ -276,23 +276,36 @@ def _arm_model(arm: str, scale: Scale) -> tuple[str, dict, str]:
     return name, dict(scale.hparams.get(name, {})), "so3" if arm == "cnn_aug" else "none"
 
 
-def run_cell(arm, kind, data, labels, scale, seed, device, workdir) -> dict:
+def cell_options(
+    arm: str, scale: Scale, seed: int, device: torch.device, variant: dict | None = None
+) -> ModelOptions:
+    """The training options of one cell of ``arm``: the scale's recipe, with ``variant``'s
+    :class:`~pipeline.models.options.ModelOptions` fields laid over it (the pilot's variants)."""
+    _, _, augment = _arm_model(arm, scale)
+    recipe = {
+        "epochs": scale.epochs, "batch_size": scale.batch_size,
+        "learning_rate": scale.learning_rate, "lr_schedule": scale.lr_schedule,
+        "warmup_epochs": scale.warmup_epochs, "val_fraction": scale.val_fraction,
+        "patience": scale.patience, "augment": augment, "device": device.type, "seed": seed,
+        "resume": False, "progress": False, "precise_statistics": scale.precise_statistics,
+    }  # fmt: skip
+    if arm == "relaxed_free":
+        recipe["symmetry_penalty"] = 0.0
+    return ModelOptions(**(recipe | (variant or {})))
+
+
+def run_cell(
+    arm, kind, data, labels, scale, seed, device, workdir, variant: dict | None = None
+) -> dict:
     """Train one (model, input, seed) cell; return accuracy, parameters, throughput, measured
-    epsilon (the relaxed model's own, from its metrics; :func:`cube_epsilon` for the others) and
-    the model."""
-    name, hp, augment = _arm_model(arm, scale)
+    epsilon (the relaxed model's own, from its metrics; :func:`cube_epsilon` for the others),
+    the training history and the model. ``variant``: see :func:`cell_options`."""
+    name, hp, _ = _arm_model(arm, scale)
     seed_everything(seed)
     model = build_model(name, 1, 2, **hp)
     x_train, x_test = data[kind][: scale.n_train], data[kind][scale.n_train :]
     y_train, y_test = labels[: scale.n_train], labels[scale.n_train :]
-    opts = ModelOptions(
-        epochs=scale.epochs, batch_size=scale.batch_size, learning_rate=scale.learning_rate,
-        lr_schedule=scale.lr_schedule, warmup_epochs=scale.warmup_epochs,
-        val_fraction=scale.val_fraction, patience=scale.patience,
-        augment=augment, device=device.type, seed=seed, resume=False, progress=False,
-        symmetry_penalty=0.0 if arm == "relaxed_free" else ModelOptions().symmetry_penalty,
-        precise_statistics=scale.precise_statistics,
-    )  # fmt: skip
+    opts = cell_options(arm, scale, seed, device, variant)
     # no test set in fit: the test subjects are scored once, below, not after every epoch
     # ε is measured below on test volumes, not by fit on training ones
     res = fit(model, TensorDataset(x_train, y_train), None, workdir / f"{arm}_{kind}_{seed}", opts,
@@ -307,7 +320,8 @@ def run_cell(arm, kind, data, labels, scale, seed, device, workdir) -> dict:
             "parameters": n_parameters(model), "train_vps": vps,
             "epochs_run": len(res["history"]), "best_epoch": res.get("best_epoch"),
             "epsilon": eps["epsilon"], "epsilon_mean": eps["epsilon_mean"],
-            "epsilon_source": "model" if measured else "benchmark", "model": model}  # fmt: skip
+            "epsilon_source": "model" if measured else "benchmark", "model": model,
+            "history": res["history"]}  # fmt: skip
 
 
 @torch.no_grad()
@@ -405,6 +419,7 @@ def run_seed(
                 t0 = time.perf_counter()
                 r = run_cell(arm, kind, data, labels, scale, seed, device, Path(tmp))
                 model = r.pop("model")
+                del r["history"]  # per-epoch rows stay in the cell's log.csv, not the JSON
                 if seed == 0 and kind == "registered":
                     x = data["registered"][scale.n_train :][:8]
                     eq[arm] = so3_errors(model, x, scale.n_rotations, seed, device)

@@ -30,64 +30,35 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-from torch.utils.data import TensorDataset
 
 from benchmarks import symmetry_grid as grid
 from pipeline.io import write_text
-from pipeline.models import build_model
 from pipeline.models.options import ModelOptions
-from pipeline.models.training import fit, seed_everything
 
 logger = logging.getLogger("benchmarks.symmetry_grid_pilot")
 
 
 def recipe_options(scale: grid.Scale, arm: str, seed: int, variant: dict) -> ModelOptions:
-    """The grid's training options of ``arm`` (as in :func:`benchmarks.symmetry_grid.run_cell`)
-    with ``variant``'s fields laid over them."""
-    _, _, augment = grid._arm_model(arm, scale)
-    base = {
-        "epochs": scale.epochs,
-        "batch_size": scale.batch_size,
-        "learning_rate": scale.learning_rate,
-        "lr_schedule": scale.lr_schedule,
-        "warmup_epochs": scale.warmup_epochs,
-        "val_fraction": scale.val_fraction,
-        "patience": scale.patience,
-        "augment": augment,
-        "device": "cpu",
-        "seed": seed,
-        "resume": False,
-        "progress": False,
-        "precise_statistics": scale.precise_statistics,
-    }
-    return ModelOptions(**(base | variant))
+    """The grid's training options of ``arm`` with ``variant``'s fields laid over them
+    (:func:`benchmarks.symmetry_grid.cell_options`, on the CPU)."""
+    return grid.cell_options(arm, scale, seed, torch.device("cpu"), variant)
 
 
 def retrain(scale: grid.Scale, arm: str, seed: int, kind: str, data, labels, variant: dict) -> dict:
-    """Train one cell under ``variant``; accuracy, measured ε, best epoch and loss history."""
-    name, hp, _ = grid._arm_model(arm, scale)
-    seed_everything(seed)
-    model = build_model(name, 1, 2, **hp)
-    x_train, x_test = data[kind][: scale.n_train], data[kind][scale.n_train :]
-    y_train, y_test = labels[: scale.n_train], labels[scale.n_train :]
-    opts = recipe_options(scale, arm, seed, variant)
+    """Train one cell under ``variant`` (:func:`benchmarks.symmetry_grid.run_cell`); accuracy,
+    measured ε, best epoch and the loss history."""
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        res = fit(model, TensorDataset(x_train, y_train), None, Path(tmp) / "cell", opts,
-                  measure_epsilon=False)  # fmt: skip
-    cpu = torch.device("cpu")
-    accuracy = float((grid._predict(model, x_test, cpu) == y_test.numpy()).mean())
-    model.eval()
-    x_eps = x_test[: grid.EPSILON_VOLUMES]
-    measured = getattr(model, "measured_epsilon", None)
-    eps = measured(x_eps, scale.batch_size) if measured else grid.cube_epsilon(model, x_eps)
+        cell = grid.run_cell(arm, kind, data, labels, scale, seed, torch.device("cpu"), Path(tmp),
+                             variant)  # fmt: skip
     history = [
         {"train_loss": round(h["train_loss"], 3), "val_loss": round(h["val_loss"], 3)}
-        for h in res["history"]
+        for h in cell["history"]
         if "val_loss" in h
     ]
-    return {"accuracy": accuracy, "epsilon": eps["epsilon"], "best_epoch": res.get("best_epoch"),
-            "seconds": round(time.perf_counter() - t0, 1), "history": history}  # fmt: skip
+    return {"accuracy": cell["accuracy"], "epsilon": cell["epsilon"],
+            "best_epoch": cell["best_epoch"], "seconds": round(time.perf_counter() - t0, 1),
+            "history": history}  # fmt: skip
 
 
 def _cell(text: str) -> tuple[int, str]:
